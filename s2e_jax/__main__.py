@@ -1,0 +1,5 @@
+import sys
+
+from s2e_jax.cli import main
+
+sys.exit(main())

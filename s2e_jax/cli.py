@@ -1,0 +1,85 @@
+"""The command line: parsing only, then one library call.
+
+    python -m s2e_jax train --dataset digits --noise pair --noise-rate 0.45 --method coteaching \
+        --epochs 200 --seed 0 --out runs/x
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Optional
+
+from s2e_jax.config import METHODS, NOISES, ConfigError, TrainConfig
+
+
+def _add_train_args(p: argparse.ArgumentParser):
+    d = TrainConfig()
+    p.add_argument("--dataset", default=d.dataset, help="digits | mnist | cifar10 | cifar100 | path to an .npz")
+    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
+    p.add_argument("--label-file", default=None, help=".npy of noisy training labels (e.g. CIFAR-10N)")
+    p.add_argument("--noise", default=d.noise, choices=NOISES)
+    p.add_argument("--noise-rate", type=float, default=d.noise_rate)
+    p.add_argument("--noise-seed", type=int, default=None, help="seed of the label noise (default: --seed)")
+    p.add_argument("--model", default=d.model, help="auto | mlp | model1 | model2 | model3 (Table 4)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--decay-start", type=int, default=d.decay_start)
+    p.add_argument("--beta1", type=float, default=d.beta1)
+    p.add_argument("--beta1-late", type=float, default=d.beta1_late)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--net-form", default=d.net_form, help="auto | vmap | unroll | fused")
+    p.add_argument("--driver", default=d.driver, help="auto | scan | loop")
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _config_from(args, cls=TrainConfig, **extra):
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: v for k, v in vars(args).items() if k in names}
+    return cls(progress=not args.no_progress, **kw, **extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m s2e_jax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="one training (Algorithm 1)")
+    _add_train_args(t)
+    t.add_argument("--method", default="coteaching", help=" | ".join(METHODS))
+    t.add_argument("--tau", type=float, default=None, help="eq. (1) tau (default: the noise rate)")
+    t.add_argument("--t-k", type=float, default=10.0, help="eq. (1) t_k")
+    t.add_argument("--c", type=float, default=1.0, help="eq. (1) c")
+    t.add_argument("--schedule", default=None, help="best_schedule.json from a search")
+    t.add_argument("--out", default=None, help="run directory (must not exist or be empty)")
+    _add_search_parser(sub)
+    return parser
+
+
+def _add_search_parser(sub):
+    try:
+        from s2e_jax import search_run
+    except ImportError:  # the search is optional until its module lands
+        return
+    search_run.add_parser(sub, _add_train_args)
+
+
+def main(argv: Optional[list] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from s2e_jax.train import train
+
+            result = train(_config_from(args))
+            print(json.dumps(result.summary, indent=2))
+            if result.run_dir:
+                print(f"run directory: {result.run_dir}", file=sys.stderr)
+        else:
+            from s2e_jax import search_run
+
+            search_run.run_from_args(args, _config_from)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

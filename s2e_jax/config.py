@@ -1,0 +1,148 @@
+"""Typed, validated configs: the one place where defaults live.
+
+Defaults follow the paper's Appendix A and Co-teaching's released code: Adam, lr 0.001, batch 128,
+200 epochs, lr decayed linearly to 0 from epoch 80 where Adam's beta1 moves from 0.9 to 0.1.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration or input error; the message names the field and the problem."""
+
+
+NOISES = ("none", "symmetric", "pair")
+METHODS = ("standard", "coteaching", "coteaching_plus", "mentornet", "decoupling", "fcorrection", "reweight")
+IMPLEMENTED_METHODS = ("standard", "coteaching")
+MODELS = ("auto", "mlp", "model1", "model2", "model3")
+NET_FORMS = ("auto", "vmap", "unroll", "fused")
+DRIVERS = ("auto", "scan", "loop")
+
+
+def _fail(field: str, problem: str):
+    raise ConfigError(f"{field}: {problem}")
+
+
+def _check_choice(field, value, choices):
+    if value not in choices:
+        _fail(field, f"unknown value {value!r} (expected one of {', '.join(choices)})")
+
+
+def _check_int(field, value, lo=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(field, f"must be an integer, got {value!r}")
+    if lo is not None and value < lo:
+        _fail(field, f"must be >= {lo}, got {value}")
+
+
+def _check_float(field, value, lo=None, hi=None, hi_open=False, lo_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(field, f"must be a finite number, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        _fail(field, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and (value > hi or (hi_open and value == hi)):
+        _fail(field, f"must be {'<' if hi_open else '<='} {hi}, got {value}")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One training (Algorithm 1). Every field is validated by :meth:`validate`."""
+
+    # data
+    dataset: str = "digits"            # digits | mnist | cifar10 | cifar100 | path to an .npz
+    data_dir: Optional[str] = None     # tensorflow-datasets data_dir
+    label_file: Optional[str] = None   # .npy of training labels replacing y_train (real-world noise)
+    noise: str = "symmetric"           # none | symmetric | pair
+    noise_rate: float = 0.5
+    noise_seed: Optional[int] = None   # seed of the label noise; None -> seed
+    # method and schedule
+    method: str = "coteaching"
+    model: str = "auto"                # auto picks Table 4's model for the data set
+    tau: Optional[float] = None        # eq. (1); None -> the noise rate
+    t_k: float = 10.0                  # eq. (1)
+    c: float = 1.0                     # eq. (1)
+    schedule: Optional[str] = None     # best_schedule.json from a search; replaces eq. (1)
+    # optimizer (Appendix A)
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.001
+    decay_start: int = 80              # lr -> 0 linearly and beta1 -> beta1_late from this epoch
+    beta1: float = 0.9
+    beta1_late: float = 0.1
+    # execution
+    seed: int = 0
+    net_form: str = "auto"             # how the network axis is computed: vmap | unroll | fused
+    driver: str = "auto"               # epoch driver: scan (one jitted lax.scan) | loop (jitted steps)
+    eval_batch_size: int = 1000
+    out: Optional[str] = None          # run directory; None writes nothing
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`ConfigError` naming the first bad field; return self."""
+        if not isinstance(self.dataset, str) or not self.dataset:
+            _fail("dataset", f"must be a non-empty string, got {self.dataset!r}")
+        _check_choice("noise", self.noise, NOISES)
+        _check_float("noise_rate", self.noise_rate)
+        if not 0.0 <= self.noise_rate < 1.0:
+            _fail("noise_rate", f"must be in [0, 1), got {self.noise_rate}")
+        _check_choice("method", self.method, METHODS)
+        if self.method not in IMPLEMENTED_METHODS:
+            _fail("method", f"{self.method!r} is not available in this version "
+                  f"(available: {', '.join(IMPLEMENTED_METHODS)})")
+        _check_choice("model", self.model, MODELS)
+        if self.tau is not None:
+            _check_float("tau", self.tau, 0.0, 1.0, hi_open=True)
+        _check_float("t_k", self.t_k, 0.0, lo_open=True)
+        _check_float("c", self.c, 0.0, lo_open=True)
+        _check_int("epochs", self.epochs, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_float("lr", self.lr, 0.0, lo_open=True)
+        _check_int("decay_start", self.decay_start, 0)
+        _check_float("beta1", self.beta1, 0.0, 1.0, hi_open=True)
+        _check_float("beta1_late", self.beta1_late, 0.0, 1.0, hi_open=True)
+        _check_int("seed", self.seed, 0)
+        if self.noise_seed is not None:
+            _check_int("noise_seed", self.noise_seed, 0)
+        _check_choice("net_form", self.net_form, NET_FORMS)
+        _check_choice("driver", self.driver, DRIVERS)
+        _check_int("eval_batch_size", self.eval_batch_size, 1)
+        for field in ("label_file", "schedule"):
+            path = getattr(self, field)
+            if path is not None and not os.path.isfile(path):
+                _fail(field, f"file not found: {path}")
+        return self
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls, d: dict):
+    if not isinstance(d, dict):
+        raise ConfigError(f"config: expected a JSON object, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"config: unknown field(s) {', '.join(unknown)}")
+    return cls(**d).validate()
+
+
+def save_json(obj: Any, path: str):
+    """Write JSON atomically (temp file + rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,333 @@
+"""Table 4 networks (MLP, Models 1-3) as Flax linen modules.
+
+Contract (docs/design.md):
+
+* input: float32 NHWC, already normalized; output: logits ``(B, num_classes)``;
+* ``module.apply(variables, x, train=bool, rngs={'dropout': key}, mutable=['batch_stats'])``;
+* every network's first layer is the submodule named ``model.stem_name`` (``'conv0'`` for the
+  conv models, ``'dense0'`` for the MLP); ``__call__(x, train=False, skip_stem=False)`` with
+  ``skip_stem=True`` takes ``x`` to be that layer's output (pre-activation, bias included), so a
+  trainer can run the stems of several networks as ONE fused conv / matmul (:func:`fused_stem`).
+
+Choices taken from the released code of the papers Table 4 cites (documented where they are used):
+
+* Model 2 is ``CNN`` of Co-teaching+ (Yu et al., 2019, ``xingruiyu/coteaching_plus/model.py``).
+  Table 4 lists two "3x3 Conv, 196" layers followed by "Dense 256->100"; the released code's sixth
+  conv has **16** output channels (``nn.Conv2d(196, 16, 3, padding=1)``), so after three 2x2 pools
+  32->4 the flattened feature is 16*4*4 = 256, which is exactly Table 4's "Dense 256->100".
+* Model 3 is ``CNN`` of Co-teaching (Han et al., 2018, ``bhanML/Co-teaching/model.py``): the first
+  six convs use padding 1 (SAME), the last three padding 0 (VALID); dropout is ``F.dropout2d``,
+  i.e. whole feature maps are dropped (here: ``nn.Dropout(broadcast_dims=(1, 2))``).
+* BatchNorm uses PyTorch's defaults (momentum 0.1 in torch terms = 0.9 in flax, eps 1e-5).
+  (Torch keeps an unbiased running variance, flax the biased one; negligible for batch 128.)
+* Weights and biases use PyTorch's default initialisation (the released code never re-inits):
+  ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for kernels and biases of every Conv/Dense.
+* Max-pooling is written as reshape + max (:func:`max_pool_2x2`), which is floor pooling like
+  ``F.max_pool2d(kernel_size=2, stride=2)``; XLA's gradient of ``reduce_window`` is slow on CPU.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+__all__ = [
+    "MLP",
+    "Model1",
+    "Model2",
+    "Model3",
+    "MODEL_NAMES",
+    "get_model",
+    "default_model",
+    "count_params",
+    "fused_stem",
+    "max_pool_2x2",
+]
+
+MODEL_NAMES = ("mlp", "model1", "model2", "model3")
+
+# BatchNorm settings: PyTorch defaults (momentum=0.1 in torch == 0.9 in flax, eps=1e-5).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def _torch_uniform(fan_in: int):
+    """PyTorch's default Conv/Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kernel and bias)."""
+    bound = 1.0 / math.sqrt(max(int(fan_in), 1))
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _conv(x_channels: int, features: int, kernel: int, padding: str, name: str) -> nn.Conv:
+    fan_in = kernel * kernel * x_channels
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        padding=padding,
+        kernel_init=_torch_uniform(fan_in),
+        bias_init=_torch_uniform(fan_in),
+        name=name,
+    )
+
+
+def _dense(in_features: int, features: int, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        kernel_init=_torch_uniform(in_features),
+        bias_init=_torch_uniform(in_features),
+        name=name,
+    )
+
+
+def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+    )
+
+
+def _check_spatial(x: jnp.ndarray, kernel: int, model: str) -> None:
+    """Raise ConfigError when a VALID conv would see an input smaller than its kernel."""
+    if x.shape[1] < kernel or x.shape[2] < kernel:
+        from s2e_jax.config import ConfigError
+
+        raise ConfigError(
+            f"model: {model} needs larger images; a {kernel}x{kernel} VALID convolution "
+            f"got a {x.shape[1]}x{x.shape[2]} feature map"
+        )
+
+
+def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+    """2x2 max-pool with stride 2 on NHWC, floor mode (odd rows/columns are dropped).
+
+    Equal to ``nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')`` but written as
+    reshape + max, whose gradient is much faster than ``reduce_window``'s on XLA CPU.
+    """
+    b, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    x = x[:, : 2 * h2, : 2 * w2, :]
+    return x.reshape(b, h2, 2, w2, 2, c).max(axis=(2, 4))
+
+
+# ----------------------------------------------------------------------------------------------
+# Table 4 networks
+# ----------------------------------------------------------------------------------------------
+class MLP(nn.Module):
+    """Table 4, "MLP on MNIST": flatten -> Dense 256 ReLU -> Dense C.
+
+    MNIST (784 -> 256 -> 10): 203,530 parameters. The first Dense is ``dense0`` (the stem).
+    """
+
+    num_classes: int = 10
+    hidden: int = 256
+
+    stem_name = "dense0"  # class attribute (not a dataclass field)
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, skip_stem: bool = False):
+        x = x.reshape((x.shape[0], -1))
+        if not skip_stem:  # with skip_stem, x already is dense0's output (B, hidden)
+            x = _dense(x.shape[-1], self.hidden, "dense0")(x)
+        x = nn.relu(x)
+        return _dense(self.hidden, self.num_classes, "dense1")(x)
+
+
+class Model1(nn.Module):
+    """Table 4, Model 1 (LeNet-like; Co-teaching+'s ``CNN_small`` for CIFAR-10).
+
+    5x5 Conv 6 (VALID) ReLU, 2x2 max-pool; 5x5 Conv 16 (VALID) ReLU, 2x2 max-pool;
+    Dense 16*5*5 -> 120 ReLU; Dense 120 -> 84 ReLU; Dense 84 -> C.
+    32x32x3, C=10: 456 + 2,416 + 48,120 + 10,164 + 850 = 62,006 parameters.
+    """
+
+    num_classes: int = 10
+
+    stem_name = "conv0"
+    stem_kernel = 5
+    stem_padding = "VALID"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, skip_stem: bool = False):
+        if not skip_stem:
+            _check_spatial(x, 5, "model1")
+            x = _conv(x.shape[-1], 6, 5, "VALID", "conv0")(x)
+        x = max_pool_2x2(nn.relu(x))
+        _check_spatial(x, 5, "model1")
+        x = _conv(x.shape[-1], 16, 5, "VALID", "conv1")(x)
+        x = max_pool_2x2(nn.relu(x))
+        if x.shape[1] == 0 or x.shape[2] == 0:
+            _check_spatial(x, 1, "model1")
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(_dense(x.shape[-1], 120, "dense0")(x))
+        x = nn.relu(_dense(120, 84, "dense1")(x))
+        return _dense(84, self.num_classes, "dense2")(x)
+
+
+class Model2(nn.Module):
+    """Table 4, Model 2 (Co-teaching+'s ``CNN`` for CIFAR-100).
+
+    [3x3 Conv 64 BN ReLU] x2, 2x2 max-pool; [3x3 Conv 128 BN ReLU] x2, 2x2 max-pool;
+    3x3 Conv 196 BN ReLU, 3x3 Conv 16 BN ReLU, 2x2 max-pool; flatten (16*4*4 = 256) -> Dense C.
+
+    All convs use padding 1 (SAME). The sixth conv has 16 output channels as in the released code
+    (``self.c6 = nn.Conv2d(196, 16, ...)``), which is what makes Table 4's "Dense 256->100"
+    consistent; Table 4's second "Conv, 196" row is a typo for that layer.
+    """
+
+    num_classes: int = 100
+
+    stem_name = "conv0"
+    stem_kernel = 3
+    stem_padding = "SAME"
+
+    # (features, max-pool after this conv)
+    layers = ((64, False), (64, True), (128, False), (128, True), (196, False), (16, True))
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, skip_stem: bool = False):
+        for i, (features, pool) in enumerate(self.layers):
+            if i > 0 or not skip_stem:
+                x = _conv(x.shape[-1], features, 3, "SAME", f"conv{i}")(x)
+            x = nn.relu(_batch_norm(train, f"bn{i}")(x))
+            if pool:
+                x = max_pool_2x2(x)
+        if x.shape[1] == 0 or x.shape[2] == 0:
+            _check_spatial(x, 1, "model2")
+        x = x.reshape((x.shape[0], -1))
+        return _dense(x.shape[-1], self.num_classes, "dense0")(x)
+
+
+class Model3(nn.Module):
+    """Table 4, Model 3 (Co-teaching's 9-layer CNN, Han et al. 2018).
+
+    [3x3 Conv 128 BN LReLU(0.01)] x3, 2x2 max-pool stride 2, Dropout 0.25;
+    [3x3 Conv 256 BN LReLU] x3, 2x2 max-pool stride 2, Dropout 0.25;
+    3x3 Conv 512, 256, 128 (VALID) each BN LReLU; global average pool; Dense 128 -> C.
+
+    The first six convs use padding 1 (SAME), the last three padding 0 (VALID), as in the released
+    code. Dropout follows its ``F.dropout2d``: whole channels are dropped per example; it is active
+    only with ``train=True`` (needs ``rngs={'dropout': key}``).
+    """
+
+    num_classes: int = 10
+    dropout_rate: float = 0.25
+
+    stem_name = "conv0"
+    stem_kernel = 3
+    stem_padding = "SAME"
+
+    # (features, padding)
+    layers = (
+        (128, "SAME"), (128, "SAME"), (128, "SAME"),
+        (256, "SAME"), (256, "SAME"), (256, "SAME"),
+        (512, "VALID"), (256, "VALID"), (128, "VALID"),
+    )
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, skip_stem: bool = False):
+        for i, (features, padding) in enumerate(self.layers):
+            if i > 0 or not skip_stem:
+                if padding == "VALID":
+                    _check_spatial(x, 3, "model3")
+                x = _conv(x.shape[-1], features, 3, padding, f"conv{i}")(x)
+            x = nn.leaky_relu(_batch_norm(train, f"bn{i}")(x), negative_slope=0.01)
+            if i in (2, 5):
+                x = max_pool_2x2(x)
+                # F.dropout2d: one Bernoulli draw per (example, channel).
+                x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2))(
+                    x, deterministic=not train
+                )
+        x = jnp.mean(x, axis=(1, 2))  # global average pool (avg_pool2d over the full map)
+        return _dense(x.shape[-1], self.num_classes, "dense0")(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# fused stem
+# ----------------------------------------------------------------------------------------------
+def _stem_of(params: Mapping[str, Any], stem_name: str) -> Mapping[str, Any]:
+    """Accept a stem layer's params ``{'kernel', 'bias'}``, a params tree, or ``{'params': ...}``."""
+    if "params" in params and "kernel" not in params:
+        params = params["params"]
+    if stem_name in params:
+        params = params[stem_name]
+    if "kernel" not in params or "bias" not in params:
+        raise ValueError(f"fused_stem: expected params of the '{stem_name}' layer (kernel, bias)")
+    return params
+
+
+def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jnp.ndarray):
+    """Run the first layer of N networks of the same architecture as ONE conv (or one matmul).
+
+    ``stem_params[k]`` is network k's stem params (``params[model.stem_name]``, i.e. a dict with
+    ``kernel`` and ``bias``; a whole params tree is also accepted). The kernels and biases are
+    concatenated along the output-channel axis, one convolution is run on ``x`` and the result is
+    split back: returns a list of N arrays, the k-th equal to network k's ``conv0``/``dense0``
+    output (pre-activation, bias included), ready for ``model.apply(..., skip_stem=True)``.
+    """
+    stems = [_stem_of(p, model.stem_name) for p in stem_params]
+    if not stems:
+        return []
+    kernel = jnp.concatenate([jnp.asarray(s["kernel"]) for s in stems], axis=-1)
+    bias = jnp.concatenate([jnp.asarray(s["bias"]) for s in stems], axis=-1)
+    if isinstance(model, MLP):
+        y = x.reshape((x.shape[0], -1)) @ kernel
+    else:
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=(1, 1),
+            padding=model.stem_padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+    y = y + bias
+    sizes = [s["kernel"].shape[-1] for s in stems]
+    splits = [sum(sizes[: k + 1]) for k in range(len(sizes) - 1)]
+    return jnp.split(y, splits, axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# registry / utilities
+# ----------------------------------------------------------------------------------------------
+def get_model(name: str, num_classes: int) -> nn.Module:
+    """Build a Table 4 network by name: 'mlp', 'model1', 'model2' or 'model3'."""
+    from s2e_jax.config import ConfigError
+
+    key = str(name).strip().lower()
+    if key not in MODEL_NAMES:
+        raise ConfigError(f"model: unknown model {name!r} (expected {', '.join(MODEL_NAMES)})")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"num_classes: must be an integer >= 2, got {num_classes!r}")
+    cls = {"mlp": MLP, "model1": Model1, "model2": Model2, "model3": Model3}[key]
+    return cls(num_classes=num_classes)
+
+
+def default_model(dataset_name: str, num_channels: int | None = None) -> str:
+    """The paper's network for a data set (Table 4): MNIST/digits -> 'mlp', CIFAR-10 -> 'model1',
+    CIFAR-100 -> 'model2'. Any other data set (e.g. an ``.npz`` path): 'mlp' for 1-channel images,
+    'model1' for others; ``num_channels`` is then required.
+    """
+    key = str(dataset_name).strip().lower()
+    known = {"mnist": "mlp", "digits": "mlp", "cifar10": "model1", "cifar100": "model2"}
+    if key in known:
+        return known[key]
+    if num_channels is None:
+        from s2e_jax.config import ConfigError
+
+        raise ConfigError(
+            f"model: no default model for dataset {dataset_name!r} without its channel count; "
+            f"choose one of {', '.join(MODEL_NAMES)}"
+        )
+    return "mlp" if int(num_channels) == 1 else "model1"
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in a pytree (pass ``variables['params']`` for trainable params)."""
+    return int(sum(int(math.prod(jnp.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,194 @@
+"""Stochastic relaxation (Section 3.4.1, eq. 6): the distribution p_θ(x) over a search space.
+
+    p_θ(x) = Dirichlet(α; θ_α) · Π_j Beta(β_j; θ_j1, θ_j2),     x = [α (n_simplex), β (n_box)]
+
+The parameter vector θ has ``n_simplex + 2 * n_box`` entries, laid out as
+
+    θ = [θ_α,1 .. θ_α,S,  θ_11, θ_12,  θ_21, θ_22,  ...,  θ_B1, θ_B2]
+
+i.e. the Dirichlet concentrations first, then one (a, b) pair per box coordinate, so that the Fisher
+matrix is block diagonal with one S×S block and B contiguous 2×2 blocks (S2E space: 4 + 2·16 = 36).
+``n_simplex`` may be 0 (box-only spaces such as ``coteaching``); ``n_simplex == 1`` is rejected (a
+one-component Dirichlet is a point mass).
+
+Everything here is a pure ``jnp`` function of ``(theta, x)``; ``S`` and ``B`` are read from the space
+and are static. θ¹ = 1 (:func:`theta_init`) is the uniform distribution (Algorithm 2, line 1).
+
+Derivatives (used by eq. 7 and Proposition 1 in :mod:`s2e_jax.search`):
+
+* :func:`score` — ∇_θ log p_θ(x) (the p̄_θ(x) of Section 3.4.1), by autodiff;
+* :func:`hessian_log_prob` — ∇²_θ log p_θ(x), by autodiff. For Dirichlet/Beta it does not depend on
+  x (log p is linear in the sufficient statistics log x), hence −∇² log p is exactly the Fisher matrix;
+* :func:`fisher` — the Fisher matrix E[∇log p ∇log pᵀ] in closed form (polygamma), the H of NG (eq. 8).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import gammaln, polygamma
+
+from s2e_jax.config import ConfigError
+
+EPS = 1e-6  # samples are clipped into [EPS, 1 - EPS] so that log p_θ(x) and its score are finite
+
+
+# ---------------------------------------------------------------- layout
+def sizes(space) -> tuple[int, int]:
+    """``(S, B)`` = ``(space.n_simplex, space.n_box)``, validated."""
+    S, B = int(space.n_simplex), int(space.n_box)
+    if S < 0 or B < 0 or S + B == 0:
+        raise ConfigError(f"space: needs n_simplex >= 0, n_box >= 0 and at least one coordinate, got {S}, {B}")
+    if S == 1:
+        raise ConfigError("space: n_simplex must be 0 or >= 2 (a one-component Dirichlet is degenerate)")
+    return S, B
+
+
+def n_params(space) -> int:
+    """Length of θ: ``n_simplex + 2 * n_box``."""
+    S, B = sizes(space)
+    return S + 2 * B
+
+
+def theta_init(space) -> jnp.ndarray:
+    """θ¹ = 1: the uniform distribution on the simplex × box (Algorithm 2, line 1)."""
+    return jnp.ones(n_params(space), jnp.result_type(float))
+
+
+def _float(a):
+    """``a`` as a jnp array of the default float dtype (float32, or float64 under jax x64)."""
+    return jnp.asarray(a, jnp.result_type(float))
+
+
+def split_theta(theta, S: int, B: int):
+    """``(θ_α [S], a [B], b [B])`` from the flat θ."""
+    theta = jnp.asarray(theta)
+    ab = theta[S:].reshape(B, 2)
+    return theta[:S], ab[:, 0], ab[:, 1]
+
+
+def mean(theta, space) -> jnp.ndarray:
+    """E_θ[x]: ``θ_α / Σθ_α`` for the simplex part, ``a / (a + b)`` for the box part."""
+    S, B = sizes(space)
+    c, a, b = split_theta(theta, S, B)
+    parts = []
+    if S:
+        parts.append(c / jnp.sum(c))
+    if B:
+        parts.append(a / (a + b))
+    return jnp.concatenate(parts)
+
+
+# ---------------------------------------------------------------- sampling
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _sample(key, theta, S, B, K):
+    c, a, b = split_theta(theta, S, B)
+    k1, k2 = jax.random.split(key)
+    parts = []
+    if S:
+        alpha = jax.random.dirichlet(k1, c, shape=(K,))
+        alpha = jnp.clip(alpha, EPS, 1.0)
+        parts.append(alpha / jnp.sum(alpha, axis=-1, keepdims=True))
+    if B:
+        beta = jax.random.beta(k2, a, b, shape=(K, B))
+        parts.append(jnp.clip(beta, EPS, 1.0 - EPS))
+    return jnp.concatenate(parts, axis=-1)
+
+
+def sample(key, theta, space, K: int) -> jnp.ndarray:
+    """K samples ``xs [K, S + B]`` from p_θ (Algorithm 2, line 4).
+
+    The simplex part is drawn with ``jax.random.dirichlet`` then clipped to ≥ EPS and renormalized;
+    the box part with ``jax.random.beta`` clipped to [EPS, 1 − EPS]; so log p_θ(xs) is finite.
+    """
+    S, B = sizes(space)
+    return _sample(key, _float(theta), S, B, int(K))
+
+
+# ---------------------------------------------------------------- densities
+def _log_prob(theta, x, S, B):
+    theta = jnp.asarray(theta)
+    x = jnp.asarray(x, theta.dtype)
+    c, a, b = split_theta(theta, S, B)
+    lp = 0.0
+    if S:
+        alpha = x[:S]
+        lp = lp + gammaln(jnp.sum(c)) - jnp.sum(gammaln(c)) + jnp.sum((c - 1.0) * jnp.log(alpha))
+    if B:
+        beta = x[S:]
+        lp = lp + jnp.sum(gammaln(a + b) - gammaln(a) - gammaln(b)
+                          + (a - 1.0) * jnp.log(beta) + (b - 1.0) * jnp.log1p(-beta))
+    return lp
+
+
+def log_prob(theta, x, space):
+    """log p_θ(x) for one point ``x [S + B]`` (Dirichlet × Betas, via ``gammaln``)."""
+    S, B = sizes(space)
+    return _log_prob(theta, x, S, B)
+
+
+def score(theta, x, space):
+    """p̄_θ(x) = ∇_θ log p_θ(x) (Section 3.4.1), by ``jax.grad``."""
+    S, B = sizes(space)
+    return jax.grad(_log_prob)(_float(theta), x, S, B)
+
+
+def hessian_log_prob(theta, x, space):
+    """∇²_θ log p_θ(x) (Proposition 1), by ``jax.hessian``; independent of x for this family."""
+    S, B = sizes(space)
+    return jax.hessian(_log_prob)(_float(theta), x, S, B)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _scores(theta, xs, S, B):
+    return jax.vmap(jax.grad(_log_prob), in_axes=(None, 0, None, None))(theta, xs, S, B)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _hessians(theta, xs, S, B):
+    return jax.vmap(jax.hessian(_log_prob), in_axes=(None, 0, None, None))(theta, xs, S, B)
+
+
+def log_prob_batch(theta, xs, space):
+    """log p_θ(x_i) for ``xs [K, S + B]``."""
+    S, B = sizes(space)
+    return jax.vmap(_log_prob, in_axes=(None, 0, None, None))(_float(theta), xs, S, B)
+
+
+def score_batch(theta, xs, space):
+    """``[K, P]`` scores ∇_θ log p_θ(x_i) (vmap of :func:`score`)."""
+    S, B = sizes(space)
+    return _scores(_float(theta), _float(xs), S, B)
+
+
+def hessian_batch(theta, xs, space):
+    """``[K, P, P]`` Hessians ∇²_θ log p_θ(x_i) (vmap of :func:`hessian_log_prob`)."""
+    S, B = sizes(space)
+    return _hessians(_float(theta), _float(xs), S, B)
+
+
+# ---------------------------------------------------------------- Fisher matrix (NG's H in eq. 8)
+def fisher(theta, space) -> jnp.ndarray:
+    """The exact Fisher matrix F(θ) = E_θ[∇log p ∇log pᵀ] = −E_θ[∇² log p], block diagonal:
+
+    * Dirichlet block: ψ₁(θ_i) δ_ij − ψ₁(Σ_k θ_k);
+    * Beta block of (a, b): [[ψ₁(a) − ψ₁(a+b), −ψ₁(a+b)], [−ψ₁(a+b), ψ₁(b) − ψ₁(a+b)]],
+
+    with ψ₁ the trigamma function (``polygamma(1, ·)``).
+    """
+    S, B = sizes(space)
+    theta = _float(theta)
+    c, a, b = split_theta(theta, S, B)
+    P = S + 2 * B
+    F = jnp.zeros((P, P), theta.dtype)
+    if S:
+        F = F.at[:S, :S].set(jnp.diag(polygamma(1, c)) - polygamma(1, jnp.sum(c)))
+    if B:
+        tab = polygamma(1, a + b)
+        idx = S + 2 * jnp.arange(B)
+        F = F.at[idx, idx].set(polygamma(1, a) - tab)
+        F = F.at[idx + 1, idx + 1].set(polygamma(1, b) - tab)
+        F = F.at[idx, idx + 1].set(-tab)
+        F = F.at[idx + 1, idx].set(-tab)
+    return F

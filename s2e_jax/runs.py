@@ -1,0 +1,138 @@
+"""Run directories: atomic writes, CSV/JSONL logs, progress output. Nothing a user made is overwritten."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from typing import Optional
+
+import numpy as np
+
+from s2e_jax.config import ConfigError, save_json
+
+
+def atomic_write_text(path: str, text: str):
+    """Write ``text`` to ``path`` atomically (temp file, fsync, rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_line(path: str, line: str):
+    """Append one line and fsync it: a killed process leaves at most a partial last line."""
+    with open(path, "a") as f:
+        f.write(line.rstrip("\n") + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str) -> list:
+    """Every complete JSON line of ``path`` (a torn last line from a kill is ignored)."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return out
+
+
+def _scalar_columns(row: dict) -> dict:
+    """Flatten per-network arrays: ``test_acc`` (mean) plus ``test_acc_net1``, ``test_acc_net2``."""
+    out = {}
+    for k, v in row.items():
+        v = np.asarray(v)
+        if v.ndim == 0:
+            out[k] = float(v)
+        else:
+            out[k] = float(v.mean())
+            if v.size > 1:
+                out.update({f"{k}_net{i + 1}": float(x) for i, x in enumerate(v.reshape(-1))})
+    return out
+
+
+class RunDir:
+    """A run directory. :meth:`create` refuses a directory that already holds files;
+    :meth:`open` (resume) reuses one."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    @classmethod
+    def create(cls, root: str) -> "RunDir":
+        if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
+            raise ConfigError(f"out: run directory already exists and is not empty: {root} "
+                              "(choose another --out; nothing was overwritten)")
+        os.makedirs(root, exist_ok=True)
+        return cls(root)
+
+    @classmethod
+    def open(cls, root: str) -> "RunDir":
+        os.makedirs(root, exist_ok=True)
+        return cls(root)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(self.path(name))
+
+    def write_json(self, name: str, obj):
+        save_json(obj, self.path(name))
+
+    def read_json(self, name: str):
+        with open(self.path(name)) as f:
+            return json.load(f)
+
+    def append_metrics_row(self, epoch: int, row: dict, name: str = "metrics.csv"):
+        """Append one epoch's metrics to a CSV (header written with the first row)."""
+        cols = dict(epoch=epoch, **_scalar_columns(row))
+        path = self.path(name)
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(cols))
+            if new:
+                w.writeheader()
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in cols.items()})
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class progress:
+    """A minimal progress bar on stderr (tqdm when available)."""
+
+    def __init__(self, total: int, unit: str, enabled: bool = True, desc: Optional[str] = None):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True)
+            except ImportError:  # pragma: no cover
+                self.bar = None
+        self.n, self.total, self.unit, self.enabled = 0, total, unit, enabled
+
+    def update(self, n=1, **postfix):
+        self.n += n
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            self.bar.update(n)
+        elif self.enabled:
+            extra = " ".join(f"{k}={v:.4g}" for k, v in postfix.items())
+            print(f"\r{self.n}/{self.total} {self.unit} {extra}", end="", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            print(file=sys.stderr)

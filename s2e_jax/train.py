@@ -1,0 +1,464 @@
+"""Training with sample selection (Algorithm 1): N networks side by side in one jitted program.
+
+The N networks (2 for Co-teaching, 1 for Standard) are one parameter tree with a leading axis of N.
+For each mini-batch every network computes per-sample cross-entropy; a selection rule
+(:mod:`s2e_jax.selection`) turns the losses into per-network weights; each network's loss is the
+weighted mean over its weights, divided once. The training data, the per-epoch permutation, batch
+gathering, selection and all metrics stay on the device: no host copy or sync per step.
+
+How the network axis is computed (``net_form``) and how an epoch is driven (``driver``) are choices
+measured per backend (``experiments/bench_train.py``); every choice gives the same numbers (tests):
+
+- ``vmap``: ``jax.vmap`` over the stacked parameters (the natural form for GPUs/TPUs),
+- ``unroll``: a Python loop over the networks inside the same jit,
+- ``fused``: ``unroll`` with both networks' first layer computed as one layer with N× the outputs;
+- ``scan``: one epoch = one jitted ``lax.scan`` over batches,
+- ``loop``: a Python loop of jitted steps (conv nets on XLA's CPU backend, jax-ml/jax#12868).
+
+K independent trainings (trials: schedules, seeds) are one more leading axis (:func:`train_trials`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from s2e_jax import data as data_lib
+from s2e_jax import models as models_lib
+from s2e_jax import schedules, selection
+from s2e_jax.config import ConfigError, TrainConfig
+
+
+# ----------------------------------------------------------------------------------- device data
+class DeviceData(NamedTuple):
+    """Everything a training reads, on the device. Images stay uint8; normalized per batch."""
+
+    x_train: jax.Array   # uint8 [N, H, W, C]
+    y_train: jax.Array   # int32 [N] (noisy)
+    clean: jax.Array     # float32 [N]: 1 where the training label is the clean one
+    x_val: jax.Array
+    y_val: jax.Array
+    x_test: jax.Array
+    y_test: jax.Array
+    mean: jax.Array      # float32 [C] per-channel mean of the training images (in [0, 1])
+    std: jax.Array       # float32 [C]
+
+
+def device_data(ds, is_clean) -> DeviceData:
+    """Put a :class:`s2e_jax.data.Dataset` on the device once."""
+    x = ds.x_train.astype(np.float32) / 255.0
+    mean = x.reshape(-1, x.shape[-1]).mean(0)
+    std = x.reshape(-1, x.shape[-1]).std(0) + 1e-6
+    put = jax.device_put
+    return DeviceData(put(ds.x_train), put(ds.y_train.astype(np.int32)), put(is_clean.astype(np.float32)),
+                      put(ds.x_val), put(ds.y_val.astype(np.int32)), put(ds.x_test),
+                      put(ds.y_test.astype(np.int32)), put(mean.astype(np.float32)),
+                      put(std.astype(np.float32)))
+
+
+def normalize(x, mean, std):
+    """uint8 images -> float32, per-channel standardized (done per batch, on the device)."""
+    return (x.astype(jnp.float32) / 255.0 - mean) / std
+
+
+# ----------------------------------------------------------------------------------- state
+class Carry(NamedTuple):
+    """The state of one training. Every leaf of ``params``/``batch_stats`` has a leading axis N."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    sched: jax.Array     # the schedule's parameter array (traced: changing it never recompiles)
+    key: jax.Array
+    epoch: jax.Array     # int32 scalar: epochs done
+
+
+class Acc(NamedTuple):
+    """Per-epoch sums over steps, per network."""
+
+    loss: jax.Array
+    kept: jax.Array
+    kept_clean: jax.Array
+    steps: jax.Array
+
+
+def _zeros_acc(n):
+    z = jnp.zeros((n,), jnp.float32)
+    return Acc(z, z, z, jnp.zeros((), jnp.float32))
+
+
+def adam_plan(epoch, *, lr, epochs, decay_start, beta1, beta1_late):
+    """Appendix A / Co-teaching's code: lr decays linearly to 0 from ``decay_start``; beta1 moves
+    from ``beta1`` to ``beta1_late`` at the same epoch."""
+    e = jnp.asarray(epoch, jnp.float32)
+    late = e >= decay_start
+    span = max(epochs - decay_start, 1)
+    lr_e = jnp.where(late, lr * (epochs - e) / span, lr)
+    return lr_e, jnp.where(late, beta1_late, beta1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Trainer:
+    """The jitted pieces of Algorithm 1 for one model, method and data shape.
+
+    ``rate(t, params, T)`` is the schedule R(t) (:mod:`s2e_jax.schedules`); ``rule`` the selection
+    rule (:mod:`s2e_jax.selection`). Use :meth:`init`, then :meth:`run_epoch` once per epoch.
+    """
+
+    model: Any
+    num_nets: int
+    rule: Callable
+    rate: Callable
+    epochs: int
+    batch_size: int
+    n_train: int
+    lr: float = 1e-3
+    decay_start: int = 80
+    beta1: float = 0.9
+    beta1_late: float = 0.1
+    net_form: str = "vmap"
+    driver: str = "scan"
+    eval_batch_size: int = 1000
+
+    def __post_init__(self):
+        if self.batch_size > self.n_train:
+            raise ConfigError(f"batch_size: {self.batch_size} is larger than the training set "
+                              f"({self.n_train} examples)")
+        tx = optax.inject_hyperparams(optax.adam)(learning_rate=self.lr, b1=self.beta1)
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("tx", tx)
+        set_("steps_per_epoch", self.n_train // self.batch_size)  # drop_last, as Co-teaching's loader
+        set_("epoch_fn", jax.jit(self.epoch))
+        set_("begin_fn", jax.jit(self._begin))
+        set_("step_fn", jax.jit(self._loop_step, donate_argnums=(0, 1)))
+        set_("end_fn", jax.jit(self._end, static_argnames="evaluate"))
+        set_("step_ids", [jnp.int32(i) for i in range(self.steps_per_epoch)])
+        set_("eval_chunk_fn", jax.jit(self._eval_chunk))
+
+    # ------------------------------------------------------------------ networks
+    def _variables(self, p, bs):
+        return {"params": p, "batch_stats": bs} if bs else {"params": p}
+
+    def _apply_one(self, p, bs, x, key, train, skip_stem=False):
+        kw = dict(train=train, skip_stem=skip_stem, rngs={"dropout": key})
+        if train and bs:
+            logits, upd = self.model.apply(self._variables(p, bs), x, mutable=["batch_stats"], **kw)
+            return logits, upd["batch_stats"]
+        return self.model.apply(self._variables(p, bs), x, **kw), bs
+
+    def forward(self, params, batch_stats, x, key, train):
+        """Logits [N, B, C] of the N networks on one batch, and their updated BatchNorm stats."""
+        n = self.num_nets
+        keys = jnp.stack([jax.random.fold_in(key, i) for i in range(n)])  # own dropout key per net
+        if self.net_form == "vmap":
+            return jax.vmap(self._apply_one, in_axes=(0, 0, None, 0, None))(params, batch_stats, x, keys, train)
+        take = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)  # noqa: E731
+        ps = [take(params, i) for i in range(n)]
+        bss = [take(batch_stats, i) for i in range(n)]
+        if self.net_form == "fused":
+            xs = models_lib.fused_stem(self.model, [p[self.model.stem_name] for p in ps], x)
+            outs = [self._apply_one(ps[i], bss[i], xs[i], keys[i], train, True) for i in range(n)]
+        else:  # unroll
+            outs = [self._apply_one(ps[i], bss[i], x, keys[i], train) for i in range(n)]
+        stack = lambda *a: jnp.stack(a)  # noqa: E731
+        return jnp.stack([o[0] for o in outs]), jax.tree_util.tree_map(stack, *[o[1] for o in outs])
+
+    # ------------------------------------------------------------------ init
+    def init(self, net_keys, data_key, sched, sample_x) -> Carry:
+        """A fresh training: network i initialized from ``net_keys[i]``; ``data_key`` drives
+        shuffling and dropout; ``sched`` is the schedule's parameter array."""
+        x = jnp.zeros((1,) + tuple(sample_x.shape[1:]), jnp.float32)
+        variables = jax.vmap(lambda k: self.model.init({"params": k, "dropout": k}, x, train=False))(
+            jnp.asarray(net_keys))
+        params = variables["params"]
+        bs = variables.get("batch_stats", {})
+        return Carry(params, bs, self.tx.init(params), jnp.asarray(sched, jnp.float32), data_key,
+                     jnp.zeros((), jnp.int32))
+
+    # ------------------------------------------------------------------ one step
+    def _train_step(self, carry: Carry, idx, r, data: DeviceData, key):
+        xb = normalize(data.x_train[idx], data.mean, data.std)
+        yb, cleanb = data.y_train[idx], data.clean[idx]
+
+        def loss_fn(params):
+            logits, new_bs = self.forward(params, carry.batch_stats, xb, key, True)
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb[None])  # [N, B]
+            w, kept = self.rule(jax.lax.stop_gradient(losses), jax.lax.stop_gradient(logits), yb, r)
+            per_net = (w * losses).sum(1) / jnp.maximum(w.sum(1), 1e-12)  # mean over kept, once
+            return per_net.sum(), (per_net, kept, new_bs)
+
+        grads, (per_net, kept, new_bs) = jax.grad(loss_fn, has_aux=True)(carry.params)
+        updates, opt_state = self.tx.update(grads, carry.opt_state, carry.params)
+        params = optax.apply_updates(carry.params, updates)
+        stats = (per_net, kept.sum(1), (kept * cleanb[None]).sum(1))
+        return carry._replace(params=params, batch_stats=new_bs, opt_state=opt_state), stats
+
+    # ------------------------------------------------------------------ epoch pieces
+    def _begin(self, carry: Carry, data: DeviceData):
+        """Set the epoch's lr/beta1 and R(t); draw the epoch's permutation (device side)."""
+        t = carry.epoch
+        lr, b1 = adam_plan(t, lr=self.lr, epochs=self.epochs, decay_start=self.decay_start,
+                           beta1=self.beta1, beta1_late=self.beta1_late)
+        hp = dict(carry.opt_state.hyperparams, learning_rate=lr, b1=b1)
+        key, k_perm, k_steps = jax.random.split(carry.key, 3)
+        n = self.steps_per_epoch * self.batch_size
+        batches = jax.random.permutation(k_perm, self.n_train)[:n].reshape(self.steps_per_epoch, self.batch_size)
+        r = self.rate(t.astype(jnp.float32), carry.sched, self.epochs)
+        carry = carry._replace(opt_state=carry.opt_state._replace(hyperparams=hp), key=key)
+        return carry, batches, k_steps, r, lr
+
+    def _accumulate(self, acc: Acc, stats):
+        loss, kept, clean = stats
+        return Acc(acc.loss + loss, acc.kept + kept, acc.kept_clean + clean, acc.steps + 1)
+
+    def _loop_step(self, carry, acc, batches, k_steps, r, i, data):
+        carry, stats = self._train_step(carry, batches[i], r, data, jax.random.fold_in(k_steps, i))
+        return carry, self._accumulate(acc, stats)
+
+    def _eval_chunk(self, params, bs, x, y, valid, data: DeviceData):
+        logits, _ = self.forward(params, bs, normalize(x, data.mean, data.std), jax.random.PRNGKey(0), False)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y[None])
+        correct = (logits.argmax(-1) == y[None]).astype(jnp.float32)
+        return (correct * valid).sum(1), (ce * valid).sum(1)
+
+    def _chunks(self, x, y):
+        b = min(self.eval_batch_size, x.shape[0])
+        n = -(-x.shape[0] // b) * b
+        pad = n - x.shape[0]
+        valid = jnp.concatenate([jnp.ones(x.shape[0]), jnp.zeros(pad)]).reshape(-1, b)
+        xp = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape((-1, b) + x.shape[1:])
+        yp = jnp.pad(y, (0, pad)).reshape(-1, b)
+        return xp, yp, valid
+
+    def _evaluate(self, carry, x, y, data, in_jit):
+        """Accuracy and mean cross-entropy of each network on a clean split."""
+        xp, yp, valid = self._chunks(x, y)
+        if in_jit:
+            correct, ce = jax.lax.map(lambda a: self._eval_chunk(carry.params, carry.batch_stats, *a, data),
+                                      (xp, yp, valid))
+            correct, ce = correct.sum(0), ce.sum(0)
+        else:  # Python loop of jitted chunks, accumulated on the device
+            correct = ce = 0.0
+            for j in range(xp.shape[0]):
+                c, l = self.eval_chunk_fn(carry.params, carry.batch_stats, xp[j], yp[j], valid[j], data)
+                correct, ce = correct + c, ce + l
+        return correct / x.shape[0], ce / x.shape[0]
+
+    def _end(self, carry, acc: Acc, r, lr, data, evaluate=True):
+        metrics = dict(r=r, lr=lr, train_loss=acc.loss / acc.steps,
+                       label_precision=acc.kept_clean / jnp.maximum(acc.kept, 1.0),
+                       kept_fraction=acc.kept / (acc.steps * self.batch_size))
+        if evaluate:
+            metrics["val_acc"], metrics["val_loss"] = self._evaluate(carry, data.x_val, data.y_val, data, True)
+            metrics["test_acc"], metrics["test_loss"] = self._evaluate(carry, data.x_test, data.y_test, data, True)
+        return carry._replace(epoch=carry.epoch + 1), metrics
+
+    def epoch(self, carry: Carry, data: DeviceData):
+        """One epoch as one program (``lax.scan`` over the batches); returns (carry, metrics)."""
+        carry, batches, k_steps, r, lr = self._begin(carry, data)
+
+        def body(state, i):
+            c, acc = state
+            c, stats = self._train_step(c, batches[i], r, data, jax.random.fold_in(k_steps, i))
+            return (c, self._accumulate(acc, stats)), None
+
+        (carry, acc), _ = jax.lax.scan(body, (carry, _zeros_acc(self.num_nets)),
+                                       jnp.arange(self.steps_per_epoch))
+        return self._end(carry, acc, r, lr, data)
+
+    def run_epoch(self, carry: Carry, data: DeviceData):
+        """One epoch with this trainer's driver; returns (carry, metrics). No host sync inside."""
+        if self.driver == "scan":
+            return self.epoch_fn(carry, data)
+        carry, batches, k_steps, r, lr = self.begin_fn(carry, data)
+        acc = _zeros_acc(self.num_nets)
+        for i in self.step_ids:  # device scalars made once: no host-to-device copy per step
+            carry, acc = self.step_fn(carry, acc, batches, k_steps, r, i, data)
+        carry, metrics = self.end_fn(carry, acc, r, lr, data, evaluate=False)
+        for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
+            metrics[f"{split}_acc"], metrics[f"{split}_loss"] = self._evaluate(carry, x, y, data, False)
+        return carry, metrics
+
+
+# ----------------------------------------------------------------------------------- one call
+def default_execution(model_name: str, backend: Optional[str] = None):
+    """``(net_form, driver)`` chosen by measurement (experiments/bench_train.py).
+
+    On XLA's CPU backend conv nets run fastest unrolled with the first convolution fused and driven
+    by a Python loop of jitted steps (a conv net inside ``lax.scan`` hits jax-ml/jax#12868); the MLP
+    and every model on GPU/TPU run vmapped inside one ``lax.scan`` per epoch.
+    """
+    backend = backend or jax.default_backend()
+    if backend == "cpu" and model_name != "mlp":
+        return "fused", "loop"
+    return "vmap", "scan"
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What a training needs, built once: the trainer, the device data and the schedule."""
+
+    config: TrainConfig
+    trainer: Trainer
+    data: DeviceData
+    sched: np.ndarray
+    model_name: str
+    noise_info: dict
+
+
+def schedule_of(config: TrainConfig):
+    """``(rate, params)`` of the run: a searched schedule file, eq. (1), or R == 1."""
+    _, _, uses_schedule = selection.get_rule(config.method)
+    if config.schedule is not None:
+        space, x = schedules.load_schedule_file(config.schedule)
+        return space.rate, np.asarray(space.decode(np.asarray(x, np.float32), config.epochs))
+    if not uses_schedule:
+        return schedules.constant_rate, np.zeros((1,), np.float32)
+    tau = config.noise_rate if config.tau is None else config.tau  # Co-teaching's default tau
+    return schedules.coteaching_rate, np.asarray([tau, config.t_k, config.c], np.float32)
+
+
+def prepare(config: TrainConfig, dataset=None) -> Prepared:
+    """Validate the config, load and corrupt the data, put it on the device, build the trainer."""
+    config.validate()
+    ds = dataset if dataset is not None else data_lib.load_dataset(config.dataset, data_dir=config.data_dir)
+    if config.label_file is not None:
+        ds = data_lib.apply_label_file(ds, config.label_file)
+        is_clean = ds.y_train == ds.y_train_clean
+    else:
+        noise_seed = config.seed if config.noise_seed is None else config.noise_seed
+        ds, is_clean = data_lib.apply_noise(ds, config.noise, config.noise_rate, seed=noise_seed)
+    model_name = config.model if config.model != "auto" else models_lib.default_model(ds.name, ds.x_train.shape[-1])
+    model = models_lib.get_model(model_name, ds.num_classes)
+    form, driver = default_execution(model_name)
+    num_nets, rule, _ = selection.get_rule(config.method)
+    rate, sched = schedule_of(config)
+    trainer = Trainer(model, num_nets, rule, rate, epochs=config.epochs, batch_size=config.batch_size,
+                      n_train=len(ds.y_train), lr=config.lr, decay_start=config.decay_start,
+                      beta1=config.beta1, beta1_late=config.beta1_late,
+                      net_form=form if config.net_form == "auto" else config.net_form,
+                      driver=driver if config.driver == "auto" else config.driver,
+                      eval_batch_size=config.eval_batch_size)
+    noise_info = dict(actual_noise_rate=float(1.0 - is_clean.mean()), n_train=int(len(ds.y_train)),
+                      n_val=int(len(ds.y_val)), n_test=int(len(ds.y_test)), num_classes=int(ds.num_classes))
+    return Prepared(config, trainer, device_data(ds, is_clean), sched, model_name, noise_info)
+
+
+def seed_keys(seed: int, num_nets: int):
+    """``(net_keys [N], data_key)`` of a seed; network i's key does not depend on N."""
+    k_init, k_data = jax.random.split(jax.random.PRNGKey(seed))
+    return jnp.stack([jax.random.fold_in(k_init, i) for i in range(num_nets)]), k_data
+
+
+def init_carry(prep: Prepared, seed: int, sched=None) -> Carry:
+    net_keys, data_key = seed_keys(seed, prep.trainer.num_nets)
+    return prep.trainer.init(net_keys, data_key, prep.sched if sched is None else sched, prep.data.x_train)
+
+
+def _host(metrics):
+    return {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _stack_epochs(rows):
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Per-epoch metrics (arrays [epochs] or [epochs, N]), the summary and the final state."""
+
+    config: TrainConfig
+    metrics: dict
+    summary: dict
+    run_dir: Optional[str]
+    carry: Any
+
+
+def summarize(metrics: dict, noise_info: dict, seconds: float) -> dict:
+    """Final, best and last-10-mean test accuracy (mean of the networks) and label precision."""
+    test = metrics["test_acc"].mean(-1)
+    val = metrics["val_acc"].mean(-1)
+    prec = metrics["label_precision"].mean(-1)
+    return dict(final_test_acc=float(test[-1]), best_test_acc=float(test.max()),
+                last10_test_acc=float(test[-10:].mean()), final_val_acc=float(val[-1]),
+                best_val_acc=float(val.max()), final_val_loss=float(metrics["val_loss"].mean(-1)[-1]),
+                final_label_precision=float(prec[-1]), mean_label_precision=float(prec.mean()),
+                final_test_acc_per_net=[float(v) for v in metrics["test_acc"][-1]],
+                epochs=int(len(test)), seconds=float(seconds), **noise_info)
+
+
+def train(config: TrainConfig, dataset=None) -> TrainResult:
+    """Run one training as the config says; write its run directory if ``config.out`` is set.
+
+    >>> result = train(TrainConfig(dataset="digits", noise="pair", noise_rate=0.45, epochs=20))
+    >>> result.summary["final_test_acc"]
+    """
+    from s2e_jax import runs
+
+    prep = prepare(config, dataset)
+    run = runs.RunDir.create(config.out) if config.out else None
+    if run:
+        run.write_json("config.json", dict(config.to_dict(), model_resolved=prep.model_name,
+                                           net_form=prep.trainer.net_form, driver=prep.trainer.driver,
+                                           backend=jax.default_backend(), **prep.noise_info))
+    carry = init_carry(prep, config.seed)
+    rows, start = [], time.time()
+    bar = runs.progress(config.epochs, "epochs", enabled=config.progress)
+    for _ in range(config.epochs):
+        carry, metrics = prep.trainer.run_epoch(carry, prep.data)
+        rows.append(_host(metrics))  # one small device-to-host copy per epoch
+        if run:
+            run.append_metrics_row(len(rows) - 1, rows[-1])
+        bar.update(1, test_acc=float(rows[-1]["test_acc"].mean()), R=float(rows[-1]["r"]))
+    bar.close()
+    metrics = _stack_epochs(rows)
+    summary = summarize(metrics, prep.noise_info, time.time() - start)
+    if run:
+        run.write_json("summary.json", summary)
+        from s2e_jax import plots
+
+        plots.plot_curves(metrics, run.path("curves.png"), title=f"{config.method} on {config.dataset} "
+                          f"({config.noise} {config.noise_rate:g})")
+    return TrainResult(config, metrics, summary, run.root if run else None, carry)
+
+
+def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None):
+    """K trainings (schedules ``scheds`` [K, P], seeds [K]) sharing the device data.
+
+    With the ``scan`` driver the K trainings are one program (``vmap`` over the trial axis); with the
+    ``loop`` driver (conv nets on the CPU) they run one after another. Returns per-epoch metrics with
+    a leading trial axis: ``{name: array [K, epochs, ...]}``.
+    """
+    tr = prep.trainer
+    epochs = tr.epochs if epochs is None else epochs
+    scheds = np.asarray(scheds, np.float32)
+    if tr.driver == "scan":
+        carries = [init_carry(prep, int(s), sc) for s, sc in zip(seeds, scheds)]
+        carry = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *carries)
+        step = _vmapped_epoch(tr)
+        rows = []
+        for _ in range(epochs):
+            carry, m = step(carry, prep.data)
+            rows.append(m)
+        return {k: np.moveaxis(v, 0, 1) for k, v in _stack_epochs([_host(r) for r in rows]).items()}
+    out = []
+    for s, sc in zip(seeds, scheds):
+        carry, rows = init_carry(prep, int(s), sc), []
+        for _ in range(epochs):
+            carry, m = tr.run_epoch(carry, prep.data)
+            rows.append(m)
+        out.append(_stack_epochs([_host(r) for r in rows]))
+    return {k: np.stack([o[k] for o in out]) for k in out[0]}
+
+
+def _vmapped_epoch(tr: Trainer):
+    fn = getattr(tr, "_vepoch", None)
+    if fn is None:
+        fn = jax.jit(jax.vmap(tr.epoch, in_axes=(0, None)))
+        object.__setattr__(tr, "_vepoch", fn)
+    return fn
