@@ -94,14 +94,15 @@ def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
     )
 
 
-def _check_spatial(x: jnp.ndarray, kernel: int, model: str) -> None:
-    """Raise ConfigError when a VALID conv would see an input smaller than its kernel."""
-    if x.shape[1] < kernel or x.shape[2] < kernel:
+def _check_spatial(x: jnp.ndarray, size: int, model: str) -> None:
+    """Raise ConfigError when a feature map is smaller than ``size`` x ``size`` (a VALID conv's
+    kernel, or 1 before flattening): the images are too small for this network."""
+    if x.shape[1] < size or x.shape[2] < size:
         from s2e_jax.config import ConfigError
 
         raise ConfigError(
-            f"model: {model} needs larger images; a {kernel}x{kernel} VALID convolution "
-            f"got a {x.shape[1]}x{x.shape[2]} feature map"
+            f"model: {model} needs larger images; a {size}x{size} layer got a "
+            f"{x.shape[1]}x{x.shape[2]} feature map"
         )
 
 
@@ -109,7 +110,8 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     """2x2 max-pool with stride 2 on NHWC, floor mode (odd rows/columns are dropped).
 
     Equal to ``nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')`` but written as
-    reshape + max, whose gradient is much faster than ``reduce_window``'s on XLA CPU.
+    reshape + max, whose gradient is much faster than ``reduce_window``'s on XLA CPU. (On exact
+    ties within a window the gradient is shared among the tied entries instead of going to one.)
     """
     b, h, w, c = x.shape
     h2, w2 = h // 2, w // 2
@@ -163,8 +165,7 @@ class Model1(nn.Module):
         _check_spatial(x, 5, "model1")
         x = _conv(x.shape[-1], 16, 5, "VALID", "conv1")(x)
         x = max_pool_2x2(nn.relu(x))
-        if x.shape[1] == 0 or x.shape[2] == 0:
-            _check_spatial(x, 1, "model1")
+        _check_spatial(x, 1, "model1")
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(_dense(x.shape[-1], 120, "dense0")(x))
         x = nn.relu(_dense(120, 84, "dense1")(x))
@@ -179,7 +180,7 @@ class Model2(nn.Module):
 
     All convs use padding 1 (SAME). The sixth conv has 16 output channels as in the released code
     (``self.c6 = nn.Conv2d(196, 16, ...)``), which is what makes Table 4's "Dense 256->100"
-    consistent; Table 4's second "Conv, 196" row is a typo for that layer.
+    consistent (Table 4's second "Conv, 196" apparently lists the width of the block, not of c6).
     """
 
     num_classes: int = 100
@@ -199,8 +200,7 @@ class Model2(nn.Module):
             x = nn.relu(_batch_norm(train, f"bn{i}")(x))
             if pool:
                 x = max_pool_2x2(x)
-        if x.shape[1] == 0 or x.shape[2] == 0:
-            _check_spatial(x, 1, "model2")
+        _check_spatial(x, 1, "model2")
         x = x.reshape((x.shape[0], -1))
         return _dense(x.shape[-1], self.num_classes, "dense0")(x)
 
@@ -213,8 +213,10 @@ class Model3(nn.Module):
     3x3 Conv 512, 256, 128 (VALID) each BN LReLU; global average pool; Dense 128 -> C.
 
     The first six convs use padding 1 (SAME), the last three padding 0 (VALID), as in the released
-    code. Dropout follows its ``F.dropout2d``: whole channels are dropped per example; it is active
-    only with ``train=True`` (needs ``rngs={'dropout': key}``).
+    code. Dropout follows its ``F.dropout2d``: whole channels are dropped per example. It is active
+    only with ``train=True`` (needs ``rngs={'dropout': key}``); the released code calls the
+    functional ``F.dropout2d`` whose ``training`` defaults to True, i.e. it also drops at test
+    time -- we treat that as a bug and evaluate deterministically.
     """
 
     num_classes: int = 10
@@ -329,5 +331,11 @@ def default_model(dataset_name: str, num_channels: int | None = None) -> str:
 
 
 def count_params(params: Any) -> int:
-    """Total number of scalars in a pytree (pass ``variables['params']`` for trainable params)."""
-    return int(sum(int(math.prod(jnp.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params)))
+    """Total number of scalars in a pytree (pass ``variables['params']`` for trainable params).
+
+    Works on arrays and on ``jax.eval_shape`` outputs (``ShapeDtypeStruct``), so
+    ``count_params(jax.eval_shape(model.init, key, x)['params'])`` counts without initialising.
+    """
+    return int(
+        sum(math.prod(getattr(leaf, "shape", None) or jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params))
+    )

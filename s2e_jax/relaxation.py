@@ -81,79 +81,107 @@ def mean(theta, space) -> jnp.ndarray:
 
 
 # ---------------------------------------------------------------- sampling
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _sample(key, theta, S, B, K):
+def _sample_one(key, theta, S, B):
+    # One point from p_θ, drawn exactly as jax.random.dirichlet and jax.random.beta do (gammas in log
+    # space, so small concentrations do not underflow) but with a single jax.random.loggamma call for
+    # all S + 2B concentrations: the gamma sampler is costly to compile, one instance is enough.
+    #   Dirichlet: α = softmax(log G_α);   Beta: β = G_a / (G_a + G_b) = sigmoid(log G_a − log G_b)
     c, a, b = split_theta(theta, S, B)
-    k1, k2 = jax.random.split(key)
+    lg = jax.random.loggamma(key, jnp.concatenate([c, a, b]))
     parts = []
     if S:
-        alpha = jax.random.dirichlet(k1, c, shape=(K,))
-        alpha = jnp.clip(alpha, EPS, 1.0)
-        parts.append(alpha / jnp.sum(alpha, axis=-1, keepdims=True))
+        alpha = jnp.clip(jax.nn.softmax(lg[:S]), EPS, 1.0)
+        parts.append(alpha / jnp.sum(alpha))
     if B:
-        beta = jax.random.beta(k2, a, b, shape=(K, B))
-        parts.append(jnp.clip(beta, EPS, 1.0 - EPS))
-    return jnp.concatenate(parts, axis=-1)
+        parts.append(jnp.clip(jax.nn.sigmoid(lg[S:S + B] - lg[S + B:]), EPS, 1.0 - EPS))
+    return jnp.concatenate(parts)
+
+
+CHUNK = 64  # rows drawn per compiled call: one compilation per space, whatever K
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _sample_rows(key, theta, start, S, B):
+    rows = start + jnp.arange(CHUNK)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
+    return jax.vmap(_sample_one, in_axes=(0, None, None, None))(keys, theta, S, B)
 
 
 def sample(key, theta, space, K: int) -> jnp.ndarray:
     """K samples ``xs [K, S + B]`` from p_θ (Algorithm 2, line 4).
 
-    The simplex part is drawn with ``jax.random.dirichlet`` then clipped to ≥ EPS and renormalized;
-    the box part with ``jax.random.beta`` clipped to [EPS, 1 − EPS]; so log p_θ(xs) is finite.
+    Row i is drawn with the key ``fold_in(key, i)`` (so the samples of a smaller K are a prefix of
+    those of a larger K) by the construction of ``jax.random.dirichlet`` / ``jax.random.beta``
+    (normalized log-space gammas); the simplex part is clipped to ≥ EPS and renormalized, the box
+    part clipped to [EPS, 1 − EPS], so log p_θ(xs) is finite.
     """
     S, B = sizes(space)
-    return _sample(key, _float(theta), S, B, int(K))
+    K = int(K)
+    if K < 1:
+        raise ConfigError(f"samples: must be >= 1, got {K}")
+    theta = _float(theta)
+    chunks = [_sample_rows(key, theta, start, S, B) for start in range(0, K, CHUNK)]
+    return (chunks[0] if len(chunks) == 1 else jnp.concatenate(chunks))[:K]
 
 
 # ---------------------------------------------------------------- densities
+def _gammaln_args(theta, S, B):
+    # All arguments of the log-normalizer's gammaln terms in one vector (one gammaln call keeps the
+    # autodiff graphs, hence compile times, small) and their signs:
+    #   log Γ(Σθ_α) − Σ log Γ(θ_α,i) + Σ_j [log Γ(a_j + b_j) − log Γ(a_j) − log Γ(b_j)]
+    c, a, b = split_theta(theta, S, B)
+    args, signs = [], []
+    if S:
+        args += [jnp.sum(c)[None], c]
+        signs += [1.0] + [-1.0] * S
+    if B:
+        args += [a + b, a, b]
+        signs += [1.0] * B + [-1.0] * (2 * B)
+    return jnp.concatenate(args), jnp.asarray(signs, theta.dtype)
+
+
 def _log_prob(theta, x, S, B):
     theta = jnp.asarray(theta)
     x = jnp.asarray(x, theta.dtype)
-    c, a, b = split_theta(theta, S, B)
-    lp = 0.0
-    if S:
-        alpha = x[:S]
-        lp = lp + gammaln(jnp.sum(c)) - jnp.sum(gammaln(c)) + jnp.sum((c - 1.0) * jnp.log(alpha))
+    args, signs = _gammaln_args(theta, S, B)
+    # sufficient statistics: log α_i and (log β_j, log(1 − β_j)), in θ's layout
+    stats = [jnp.log(x[:S])] if S else []
     if B:
         beta = x[S:]
-        lp = lp + jnp.sum(gammaln(a + b) - gammaln(a) - gammaln(b)
-                          + (a - 1.0) * jnp.log(beta) + (b - 1.0) * jnp.log1p(-beta))
-    return lp
+        stats.append(jnp.stack([jnp.log(beta), jnp.log1p(-beta)], axis=-1).reshape(-1))
+    return jnp.dot(signs, gammaln(args)) + jnp.dot(theta - 1.0, jnp.concatenate(stats))
+
+
+_log_prob_jit = jax.jit(_log_prob, static_argnums=(2, 3))
+_score_jit = jax.jit(jax.grad(_log_prob), static_argnums=(2, 3))
+_hessian_jit = jax.jit(jax.hessian(_log_prob), static_argnums=(2, 3))
+_log_probs = jax.jit(jax.vmap(_log_prob, in_axes=(None, 0, None, None)), static_argnums=(2, 3))
+_scores = jax.jit(jax.vmap(jax.grad(_log_prob), in_axes=(None, 0, None, None)), static_argnums=(2, 3))
+_hessians = jax.jit(jax.vmap(jax.hessian(_log_prob), in_axes=(None, 0, None, None)), static_argnums=(2, 3))
 
 
 def log_prob(theta, x, space):
     """log p_θ(x) for one point ``x [S + B]`` (Dirichlet × Betas, via ``gammaln``)."""
     S, B = sizes(space)
-    return _log_prob(theta, x, S, B)
+    return _log_prob_jit(_float(theta), _float(x), S, B)
 
 
 def score(theta, x, space):
     """p̄_θ(x) = ∇_θ log p_θ(x) (Section 3.4.1), by ``jax.grad``."""
     S, B = sizes(space)
-    return jax.grad(_log_prob)(_float(theta), x, S, B)
+    return _score_jit(_float(theta), _float(x), S, B)
 
 
 def hessian_log_prob(theta, x, space):
     """∇²_θ log p_θ(x) (Proposition 1), by ``jax.hessian``; independent of x for this family."""
     S, B = sizes(space)
-    return jax.hessian(_log_prob)(_float(theta), x, S, B)
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _scores(theta, xs, S, B):
-    return jax.vmap(jax.grad(_log_prob), in_axes=(None, 0, None, None))(theta, xs, S, B)
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _hessians(theta, xs, S, B):
-    return jax.vmap(jax.hessian(_log_prob), in_axes=(None, 0, None, None))(theta, xs, S, B)
+    return _hessian_jit(_float(theta), _float(x), S, B)
 
 
 def log_prob_batch(theta, xs, space):
     """log p_θ(x_i) for ``xs [K, S + B]``."""
     S, B = sizes(space)
-    return jax.vmap(_log_prob, in_axes=(None, 0, None, None))(_float(theta), xs, S, B)
+    return _log_probs(_float(theta), _float(xs), S, B)
 
 
 def score_batch(theta, xs, space):
@@ -178,17 +206,23 @@ def fisher(theta, space) -> jnp.ndarray:
     with ψ₁ the trigamma function (``polygamma(1, ·)``).
     """
     S, B = sizes(space)
-    theta = _float(theta)
-    c, a, b = split_theta(theta, S, B)
+    return _fisher(_float(theta), S, B)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _fisher(theta, S, B):
     P = S + 2 * B
+    args, _ = _gammaln_args(theta, S, B)
+    t1 = polygamma(1, args)  # ψ₁ of [Σθ_α, θ_α, a+b, a, b] (one call, see _gammaln_args)
     F = jnp.zeros((P, P), theta.dtype)
     if S:
-        F = F.at[:S, :S].set(jnp.diag(polygamma(1, c)) - polygamma(1, jnp.sum(c)))
+        F = F.at[:S, :S].set(jnp.diag(t1[1:S + 1]) - t1[0])
     if B:
-        tab = polygamma(1, a + b)
+        o = S + 1 if S else 0
+        tab, ta, tb = t1[o:o + B], t1[o + B:o + 2 * B], t1[o + 2 * B:o + 3 * B]
         idx = S + 2 * jnp.arange(B)
-        F = F.at[idx, idx].set(polygamma(1, a) - tab)
-        F = F.at[idx + 1, idx + 1].set(polygamma(1, b) - tab)
+        F = F.at[idx, idx].set(ta - tab)
+        F = F.at[idx + 1, idx + 1].set(tb - tab)
         F = F.at[idx, idx + 1].set(-tab)
         F = F.at[idx + 1, idx].set(-tab)
     return F

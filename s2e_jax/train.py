@@ -88,8 +88,8 @@ class Acc(NamedTuple):
 
 
 def _zeros_acc(n):
-    z = jnp.zeros((n,), jnp.float32)
-    return Acc(z, z, z, jnp.zeros((), jnp.float32))
+    zeros = lambda shape=(n,): jnp.zeros(shape, jnp.float32)  # noqa: E731 (distinct buffers: donated)
+    return Acc(zeros(), zeros(), zeros(), zeros(()))
 
 
 def adam_plan(epoch, *, lr, epochs, decay_start, beta1, beta1_late):
@@ -98,8 +98,8 @@ def adam_plan(epoch, *, lr, epochs, decay_start, beta1, beta1_late):
     e = jnp.asarray(epoch, jnp.float32)
     late = e >= decay_start
     span = max(epochs - decay_start, 1)
-    lr_e = jnp.where(late, lr * (epochs - e) / span, lr)
-    return lr_e, jnp.where(late, beta1_late, beta1)
+    lr_e = jnp.where(late, lr * (epochs - e) / span, lr).astype(jnp.float32)
+    return lr_e, jnp.where(late, jnp.float32(beta1_late), jnp.float32(beta1))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -134,6 +134,7 @@ class Trainer:
         set_("tx", tx)
         set_("steps_per_epoch", self.n_train // self.batch_size)  # drop_last, as Co-teaching's loader
         set_("epoch_fn", jax.jit(self.epoch))
+        set_("init_fn", jax.jit(self._init, static_argnums=3))
         set_("begin_fn", jax.jit(self._begin))
         set_("step_fn", jax.jit(self._loop_step, donate_argnums=(0, 1)))
         set_("end_fn", jax.jit(self._end, static_argnames="evaluate"))
@@ -172,27 +173,38 @@ class Trainer:
     def init(self, net_keys, data_key, sched, sample_x) -> Carry:
         """A fresh training: network i initialized from ``net_keys[i]``; ``data_key`` drives
         shuffling and dropout; ``sched`` is the schedule's parameter array."""
-        x = jnp.zeros((1,) + tuple(sample_x.shape[1:]), jnp.float32)
-        variables = jax.vmap(lambda k: self.model.init({"params": k, "dropout": k}, x, train=False))(
-            jnp.asarray(net_keys))
+        return self.init_fn(jnp.asarray(net_keys), data_key, jnp.asarray(sched, jnp.float32),
+                            jax.ShapeDtypeStruct((1,) + tuple(sample_x.shape[1:]), jnp.float32))
+
+    def _init(self, net_keys, data_key, sched, x_shape):
+        x = jnp.zeros(x_shape.shape, x_shape.dtype)
+        variables = jax.vmap(lambda k: self.model.init({"params": k, "dropout": k}, x, train=False))(net_keys)
         params = variables["params"]
         bs = variables.get("batch_stats", {})
-        return Carry(params, bs, self.tx.init(params), jnp.asarray(sched, jnp.float32), data_key,
-                     jnp.zeros((), jnp.int32))
+        opt_state = self.tx.init(params)
+        lr, b1 = adam_plan(0, lr=self.lr, epochs=self.epochs, decay_start=self.decay_start,
+                           beta1=self.beta1, beta1_late=self.beta1_late)  # strong dtypes: one trace
+        opt_state = opt_state._replace(hyperparams=dict(opt_state.hyperparams, learning_rate=lr, b1=b1))
+        return Carry(params, bs, opt_state, sched, data_key, jnp.zeros((), jnp.int32))
 
     # ------------------------------------------------------------------ one step
+    def loss(self, params, batch_stats, xb, yb, r, key):
+        """Algorithm 1 steps 3-4 on one normalized batch: ``(sum of the networks' losses, aux)``.
+
+        Every network computes per-sample cross-entropy; the rule picks what each one learns from
+        (gradient stopped); network n's loss is the mean over its weights, divided once.
+        """
+        logits, new_bs = self.forward(params, batch_stats, xb, key, True)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb[None])  # [N, B]
+        w, kept = self.rule(jax.lax.stop_gradient(losses), jax.lax.stop_gradient(logits), yb, r)
+        per_net = (w * losses).sum(1) / jnp.maximum(w.sum(1), 1e-12)
+        return per_net.sum(), (per_net, kept, new_bs)
+
     def _train_step(self, carry: Carry, idx, r, data: DeviceData, key):
         xb = normalize(data.x_train[idx], data.mean, data.std)
         yb, cleanb = data.y_train[idx], data.clean[idx]
-
-        def loss_fn(params):
-            logits, new_bs = self.forward(params, carry.batch_stats, xb, key, True)
-            losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb[None])  # [N, B]
-            w, kept = self.rule(jax.lax.stop_gradient(losses), jax.lax.stop_gradient(logits), yb, r)
-            per_net = (w * losses).sum(1) / jnp.maximum(w.sum(1), 1e-12)  # mean over kept, once
-            return per_net.sum(), (per_net, kept, new_bs)
-
-        grads, (per_net, kept, new_bs) = jax.grad(loss_fn, has_aux=True)(carry.params)
+        grads, (per_net, kept, new_bs) = jax.grad(self.loss, has_aux=True)(
+            carry.params, carry.batch_stats, xb, yb, r, key)
         updates, opt_state = self.tx.update(grads, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
         stats = (per_net, kept.sum(1), (kept * cleanb[None]).sum(1))
@@ -323,8 +335,12 @@ def schedule_of(config: TrainConfig):
     return schedules.coteaching_rate, np.asarray([tau, config.t_k, config.c], np.float32)
 
 
-def prepare(config: TrainConfig, dataset=None) -> Prepared:
-    """Validate the config, load and corrupt the data, put it on the device, build the trainer."""
+def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
+    """Validate the config, load and corrupt the data, put it on the device, build the trainer.
+
+    ``dataset`` replaces loading ``config.dataset``; ``rate`` replaces the run's schedule function
+    (a search passes its space's R(t) and gives each trial its own parameters).
+    """
     config.validate()
     ds = dataset if dataset is not None else data_lib.load_dataset(config.dataset, data_dir=config.data_dir)
     if config.label_file is not None:
@@ -337,7 +353,8 @@ def prepare(config: TrainConfig, dataset=None) -> Prepared:
     model = models_lib.get_model(model_name, ds.num_classes)
     form, driver = default_execution(model_name)
     num_nets, rule, _ = selection.get_rule(config.method)
-    rate, sched = schedule_of(config)
+    rate_, sched = schedule_of(config)
+    rate = rate_ if rate is None else rate
     trainer = Trainer(model, num_nets, rule, rate, epochs=config.epochs, batch_size=config.batch_size,
                       n_train=len(ds.y_train), lr=config.lr, decay_start=config.decay_start,
                       beta1=config.beta1, beta1_late=config.beta1_late,

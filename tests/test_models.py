@@ -1,4 +1,6 @@
 """Tests for s2e_jax.models (Table 4 networks)."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -52,9 +54,28 @@ def model3_expected(c):
 
 
 def init(model, shape, seed=0):
-    x = jax.random.normal(jax.random.PRNGKey(seed + 1), shape, jnp.float32)
-    variables = model.init(jax.random.PRNGKey(seed), x, train=False)
-    return variables, x
+    """Variables of ``model`` for inputs of ``shape``, plus an input batch.
+
+    Shapes come from ``jax.eval_shape(model.init, ...)`` (a trace, no compilation); values are
+    drawn with numpy (PyTorch-like scale), because compiling JAX's PRNG for every parameter shape
+    takes seconds per model on a CPU. ``test_real_init`` covers ``model.init`` itself.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path[-1:])
+        if "batch_stats" in jax.tree_util.keystr(path[:1]):
+            value = np.ones(leaf.shape) if "var" in name else np.zeros(leaf.shape)
+        elif "scale" in name:
+            value = rng.uniform(0.5, 1.5, leaf.shape)
+        else:
+            bound = 1.0 / np.sqrt(np.prod(leaf.shape[:-1]) if len(leaf.shape) > 1 else 16)
+            value = rng.uniform(-bound, bound, leaf.shape)
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes), jnp.asarray(x)
 
 
 CASES = [
@@ -66,9 +87,46 @@ CASES = [
 IDS = ["mlp", "model1", "model2", "model3"]
 
 
+class Case:
+    """A model with test variables, an input batch and jitted apply functions.
+
+    jit compiles each network once per mode; eager flax would compile every op separately.
+    """
+
+    def __init__(self, model, shape):
+        self.model = model
+        self.variables, self.x = init(model, shape)
+        # eval: logits plus every submodule's output (the stem's included); batch_stats mutable
+        # so that the test can check eval mode leaves them unchanged.
+        self.evaluate = jax.jit(
+            lambda v, x: model.apply(
+                v, x, train=False, capture_intermediates=True, mutable=["batch_stats", "intermediates"]
+            )
+        )
+        self.skipped = jax.jit(lambda v, h: model.apply(v, h, train=False, skip_stem=True))
+        # train: logits, updated batch_stats and the Dropout layers' outputs
+        self.train = jax.jit(
+            lambda v, x, key: model.apply(
+                v,
+                x,
+                train=True,
+                rngs={"dropout": key},
+                mutable=["batch_stats", "intermediates"],
+                capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Dropout),
+            )
+        )
+
+    def stem_out(self, variables):
+        _, state = self.evaluate(variables, self.x)
+        return state["intermediates"][self.model.stem_name]["__call__"][0]
+
+
+fused_stem_jit = jax.jit(fused_stem, static_argnums=0)  # it is traceable; the model is static
+
+
 @pytest.fixture(scope="module")
-def inited():
-    return {name: (m, *init(m, s)) for name, (m, s) in zip(IDS, CASES)}
+def cases():
+    return {name: Case(m, s) for name, (m, s) in zip(IDS, CASES)}
 
 
 def test_hand_counts():
@@ -77,10 +135,10 @@ def test_hand_counts():
 
 
 @pytest.mark.parametrize("name", IDS)
-def test_output_shape_and_param_count(inited, name):
-    model, variables, x = inited[name]
-    out = model.apply(variables, x, train=False)
-    assert out.shape == (2, model.num_classes)
+def test_output_shape_and_param_count(cases, name):
+    case = cases[name]
+    out, _ = case.evaluate(case.variables, case.x)
+    assert out.shape == (2, case.model.num_classes)
     assert out.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(out)))
     expected = {
@@ -89,27 +147,44 @@ def test_output_shape_and_param_count(inited, name):
         "model2": model2_expected(100),
         "model3": model3_expected(10),
     }[name]
-    assert count_params(variables["params"]) == expected
-    assert model.stem_name in variables["params"]
+    assert count_params(case.variables["params"]) == expected
+    assert case.model.stem_name in case.variables["params"]
 
 
 def test_param_count_values():
-    # Pin the totals too (Model2: 540,196 with the released code's 196->16 sixth conv).
-    assert model2_expected(100) == 540_196
-    assert model3_expected(10) == 4_395_210
+    # Pin the totals too (Model2: 541,280 with the released code's 196->16 sixth conv).
+    assert model2_expected(100) == 541_280
+    assert model3_expected(10) == 4_434_570
 
 
-def test_layer_shapes(inited):
-    p = inited["model1"][1]["params"]
+def test_layer_shapes(cases):
+    p = cases["model1"].variables["params"]
     assert p["conv0"]["kernel"].shape == (5, 5, 3, 6)
     assert p["conv1"]["kernel"].shape == (5, 5, 6, 16)
     assert p["dense0"]["kernel"].shape == (400, 120)
-    p = inited["model2"][1]["params"]
+    p = cases["model2"].variables["params"]
     assert p["conv5"]["kernel"].shape == (3, 3, 196, 16)
     assert p["dense0"]["kernel"].shape == (256, 100)
-    p = inited["model3"][1]["params"]
+    p = cases["model3"].variables["params"]
     assert p["conv6"]["kernel"].shape == (3, 3, 256, 512)
     assert p["dense0"]["kernel"].shape == (128, 10)
+    assert p["conv8"]["kernel"].shape == (3, 3, 256, 128)
+
+
+def test_feature_map_shapes(cases):
+    # padding per Table 4 / released code: Model1 VALID; Model2 all SAME; Model3 SAME x6 then VALID x3
+    def conv_out(name, layer):
+        case = cases[name]
+        _, state = case.evaluate(case.variables, case.x)
+        return state["intermediates"][layer]["__call__"][0].shape
+
+    assert conv_out("model1", "conv0") == (2, 28, 28, 6)
+    assert conv_out("model1", "conv1") == (2, 10, 10, 16)
+    assert conv_out("model2", "conv1") == (2, 32, 32, 64)
+    assert conv_out("model2", "conv5") == (2, 8, 8, 16)
+    assert conv_out("model3", "conv5") == (2, 16, 16, 256)
+    assert conv_out("model3", "conv6") == (2, 6, 6, 512)
+    assert conv_out("model3", "conv8") == (2, 2, 2, 128)
 
 
 def test_other_input_sizes():
@@ -117,12 +192,12 @@ def test_other_input_sizes():
     m = get_model("mlp", 10)
     v, x = init(m, (3, 8, 8, 1))
     assert count_params(v["params"]) == dense_p(64, 256) + dense_p(256, 10)
-    assert m.apply(v, x).shape == (3, 10)
+    assert jax.jit(m.apply)(v, x).shape == (3, 10)
     m = get_model("model1", 100)
-    v, x = init(m, (2, 32, 32, 3))
-    assert count_params(v["params"]) == MODEL1_C10 - dense_p(84, 10) + dense_p(84, 100)
+    shapes = jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)))
+    assert count_params(shapes["params"]) == MODEL1_C10 - dense_p(84, 10) + dense_p(84, 100)
     v, x = init(m, (2, 28, 28, 1))
-    assert m.apply(v, x).shape == (2, 100)
+    assert jax.jit(m.apply)(v, x).shape == (2, 100)
 
 
 def test_too_small_input_is_config_error():
@@ -131,94 +206,120 @@ def test_too_small_input_is_config_error():
 
 
 @pytest.mark.parametrize("name", IDS)
-def test_skip_stem_equals_full_path(inited, name):
-    model, variables, x = inited[name]
-    stem = variables["params"][model.stem_name]
-    if isinstance(model, MLP):
-        h = x.reshape(x.shape[0], -1) @ stem["kernel"] + stem["bias"]
+def test_skip_stem_equals_full_path(cases, name):
+    case = cases[name]
+    full, state = case.evaluate(case.variables, case.x)
+    h = state["intermediates"][case.model.stem_name]["__call__"][0]
+    # the stem's own output is its pre-activation affine map (bias included)
+    stem = case.variables["params"][case.model.stem_name]
+    if isinstance(case.model, MLP):
+        ref = case.x.reshape(case.x.shape[0], -1) @ stem["kernel"] + stem["bias"]
+        np.testing.assert_allclose(np.asarray(h), np.asarray(ref), atol=1e-5, rtol=1e-5)
     else:
-        h = nn.Conv(stem["kernel"].shape[-1], stem["kernel"].shape[:2], padding=model.stem_padding).apply(
-            {"params": stem}, x
-        )
-    full = model.apply(variables, x, train=False)
-    skipped = model.apply(variables, h, train=False, skip_stem=True)
+        assert h.shape[-1] == stem["kernel"].shape[-1]
+    skipped = case.skipped(case.variables, h)
     np.testing.assert_allclose(np.asarray(skipped), np.asarray(full), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", IDS)
-def test_fused_stem_equals_separate(name):
-    model, shape = dict(zip(IDS, CASES))[name]
-    v1, x = init(model, shape, seed=0)
-    v2, _ = init(model, shape, seed=7)
-    outs = fused_stem(model, [v1["params"][model.stem_name], v2["params"]], x)
+def test_fused_stem_equals_separate(cases, name):
+    case = cases[name]
+    v1 = case.variables
+    # a second, different network of the same architecture
+    v2 = dict(v1, params=jax.tree_util.tree_map(lambda a: jnp.asarray(0.7 * np.asarray(a)[..., ::-1] + 0.01), v1["params"]))
+    outs = fused_stem_jit(case.model, [v1["params"][case.model.stem_name], v2["params"]], case.x)
     assert len(outs) == 2
     for v, h in zip((v1, v2), outs):
-        # network's own stem output, captured through flax's intermediates
-        _, state = model.apply(
-            v, x, train=False, capture_intermediates=lambda mdl, _: mdl.name == model.stem_name
-        )
-        own = state["intermediates"][model.stem_name]["__call__"][0]
+        own = case.stem_out(v)  # the network's own conv0/dense0 output
         assert h.shape == own.shape
         np.testing.assert_allclose(np.asarray(h), np.asarray(own), atol=1e-5, rtol=1e-5)
         # and the fused outputs drive skip_stem to the same logits
         np.testing.assert_allclose(
-            np.asarray(model.apply(v, h, train=False, skip_stem=True)),
-            np.asarray(model.apply(v, x, train=False)),
+            np.asarray(case.skipped(v, h)),
+            np.asarray(case.evaluate(v, case.x)[0]),
             atol=1e-5,
             rtol=1e-5,
         )
+    assert not np.allclose(np.asarray(outs[0]), np.asarray(outs[1]))
+
+
+def test_fused_stem_three_networks(cases):
+    case = cases["model1"]
+    p = case.variables["params"]["conv0"]
+    stems = [p, jax.tree_util.tree_map(lambda a: -a, p), jax.tree_util.tree_map(lambda a: 2 * a, p)]
+    outs = fused_stem_jit(case.model, stems, case.x)
+    own = case.stem_out(case.variables)
+    assert [o.shape for o in outs] == [own.shape] * 3
+    np.testing.assert_allclose(np.asarray(outs[1]), -np.asarray(own), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(outs[2]), 2 * np.asarray(own), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["model2", "model3"])
-def test_batchnorm_train_vs_eval(inited, name):
-    model, variables, x = inited[name]
-    rngs = {"dropout": jax.random.PRNGKey(3)}
-    # train: batch statistics, running averages updated with momentum 0.9
-    out, upd = model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])
-    assert out.shape == (2, model.num_classes)
+def test_batchnorm_train_vs_eval(cases, name):
+    case = cases[name]
+    variables = case.variables
+    # train: batch statistics; running averages updated with flax momentum 0.9 (torch 0.1)
+    out, upd = case.train(variables, case.x, jax.random.PRNGKey(3))
+    assert out.shape == (2, case.model.num_classes)
     old_mean = variables["batch_stats"]["bn0"]["mean"]
     new_mean = upd["batch_stats"]["bn0"]["mean"]
     assert not np.allclose(np.asarray(old_mean), np.asarray(new_mean))
-    h = model.apply(
-        variables, x, train=False, capture_intermediates=lambda mdl, _: mdl.name == "conv0"
-    )[1]["intermediates"]["conv0"]["__call__"][0]
+    h = case.stem_out(variables)
     np.testing.assert_allclose(
-        np.asarray(new_mean), 0.1 * np.asarray(h.mean(axis=(0, 1, 2))), atol=1e-5, rtol=1e-4
+        np.asarray(new_mean),
+        0.9 * np.asarray(old_mean) + 0.1 * np.asarray(h.mean(axis=(0, 1, 2))),
+        atol=1e-5,
+        rtol=1e-4,
     )
     # eval: running averages used, nothing changes
-    _, upd_eval = model.apply(variables, x, train=False, mutable=["batch_stats"])
-    for a, b in zip(jax.tree_util.tree_leaves(upd_eval), jax.tree_util.tree_leaves(variables["batch_stats"])):
+    eval_out, state = case.evaluate(variables, case.x)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(state["batch_stats"]), jax.tree_util.tree_leaves(variables["batch_stats"])
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # train-mode logits (batch stats) differ from eval-mode logits (running stats)
-    assert not np.allclose(np.asarray(out), np.asarray(model.apply(variables, x, train=False)))
+    assert not np.allclose(np.asarray(out), np.asarray(eval_out))
 
 
-def test_model3_dropout(inited):
-    model, variables, x = inited["model3"]
+def test_model3_dropout(cases):
+    case = cases["model3"]
 
-    def run(key, train):
-        return np.asarray(
-            model.apply(variables, x, train=train, rngs={"dropout": key}, mutable=["batch_stats"])[0]
-        )
+    def train(key):
+        return np.asarray(case.train(case.variables, case.x, key)[0])
 
     k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
-    np.testing.assert_array_equal(run(k1, True), run(k1, True))
-    assert not np.allclose(run(k1, True), run(k2, True))
-    np.testing.assert_array_equal(run(k1, False), run(k2, False))
-    np.testing.assert_array_equal(run(k1, False), np.asarray(model.apply(variables, x)))
+    np.testing.assert_array_equal(train(k1), train(k1))
+    assert not np.allclose(train(k1), train(k2))
+    # eval: no dropout (no rng needed) and deterministic
+    np.testing.assert_array_equal(
+        np.asarray(case.evaluate(case.variables, case.x)[0]), np.asarray(case.evaluate(case.variables, case.x)[0])
+    )
+    # with dropout, the stage-1 output differs from eval's in whole channels (F.dropout2d)
+    _, state = case.train(case.variables, case.x, k1)
+    dropped = np.asarray(state["intermediates"]["Dropout_0"]["__call__"][0])  # (B, 16, 16, 128)
+    zero_maps = np.all(dropped == 0, axis=(1, 2))
+    assert dropped.shape == (2, 16, 16, 128)
+    assert 0 < zero_maps.mean() < 0.6  # about 25% of the (example, channel) maps are zeroed
+    kept = ~zero_maps
+    assert np.all(np.any(dropped != 0, axis=(1, 2))[kept])
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 9, 2), (1, 5, 5, 1), (2, 32, 32, 6)])
-def test_max_pool_equals_nn_max_pool(shape):
-    x = jax.random.normal(jax.random.PRNGKey(0), shape)
-    ref = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-    out = max_pool_2x2(x)
-    assert out.shape == ref.shape
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
-    # gradients agree as well (no ties in random data)
-    g_ref = jax.grad(lambda z: jnp.sum(jnp.sin(nn.max_pool(z, (2, 2), strides=(2, 2), padding="VALID"))))(x)
-    g_out = jax.grad(lambda z: jnp.sum(jnp.sin(max_pool_2x2(z))))(x)
-    np.testing.assert_allclose(np.asarray(g_out), np.asarray(g_ref), atol=1e-6)
+def test_max_pool_equals_nn_max_pool():
+    @jax.jit
+    def both(x):
+        ref = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        g_ref = jax.grad(lambda z: jnp.sum(jnp.sin(nn.max_pool(z, (2, 2), strides=(2, 2), padding="VALID"))))(x)
+        g_out = jax.grad(lambda z: jnp.sum(jnp.sin(max_pool_2x2(z))))(x)
+        return ref, max_pool_2x2(x), g_ref, g_out
+
+    # floor mode: odd heights/widths drop the last row/column, like nn.max_pool(padding='VALID')
+    for shape in [(2, 8, 8, 3), (3, 7, 9, 2)]:
+        x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+        ref, out, g_ref, g_out = both(x)
+        assert out.shape == ref.shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+        # gradients agree as well (no ties in random data)
+        np.testing.assert_allclose(np.asarray(g_out), np.asarray(g_ref), atol=1e-6)
 
 
 def test_get_model_and_errors():
@@ -251,10 +352,16 @@ def test_count_params():
     assert models.MODEL_NAMES == ("mlp", "model1", "model2", "model3")
 
 
-def test_torch_style_init_bounds(inited):
-    # PyTorch default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for kernels and biases.
-    p = inited["model1"][1]["params"]
-    bound = 1 / np.sqrt(5 * 5 * 3)
-    for leaf in (p["conv0"]["kernel"], p["conv0"]["bias"]):
-        assert float(jnp.max(jnp.abs(leaf))) <= bound
-    assert float(jnp.std(p["conv0"]["kernel"])) > 0.5 * bound / np.sqrt(3)
+def test_real_init():
+    # model.init with PyTorch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), kernels and biases.
+    model = MLP(num_classes=10)
+    x = jnp.zeros((1, 8, 8, 1))
+    # an 'rbg' key: XLA CPU takes seconds to compile threefry for each parameter shape; the default
+    # key type is exercised by the jax.eval_shape(model.init, PRNGKey) traces in init().
+    params = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)["params"]
+    assert count_params(params) == dense_p(64, 256) + dense_p(256, 10)
+    for layer, fan_in in (("dense0", 64), ("dense1", 256)):
+        bound = 1 / np.sqrt(fan_in)
+        for leaf in params[layer].values():
+            assert float(jnp.max(jnp.abs(leaf))) <= bound
+            assert float(jnp.max(jnp.abs(leaf))) > 0.5 * bound

@@ -1,0 +1,562 @@
+#!/usr/bin/env python
+"""Training throughput of Co-teaching: ``s2e_jax.train.Trainer`` against a plain PyTorch CPU loop.
+
+What is timed (both sides, same run, same data):
+
+* Co-teaching with 2 networks, batch 128 (drop_last), per-sample cross-entropy, each network keeps
+  its floor(R(t)*B) smallest-loss samples and the *other* network learns from them (mean over the
+  kept samples, divided once), Adam lr 1e-3; R(t) is eq. (1) with tau = 0.2, t_k = 10, c = 1.
+* (a) ``mlp`` (784-256-10) on MNIST-shaped data: the real MNIST from ``--mnist``
+  (default ``/work/shared/data/mnist.npz``, loaded with ``s2e_jax.data.load_dataset``) when present,
+  else random uint8 data of shape 28x28x1;
+  (b) ``model1`` (conv5x5x6 VALID, pool, conv5x5x16 VALID, pool, 400-120-84-10) on random uint8
+  CIFAR-shaped data (32x32x3). Training labels get 20% symmetric noise (speed does not depend on it).
+* The training split has exactly ``--steps * 128`` examples, so one epoch = ``--steps`` steps.
+
+JAX: the trainer is built as ``s2e_jax.train.prepare`` builds it (``Trainer`` + ``device_data`` +
+``seed_keys`` + ``selection.coteaching_rule`` + ``schedules.coteaching_rate``), for every
+(net_form, driver) asked for. Whole epochs of ``trainer.run_epoch`` are timed, each ended by
+``jax.block_until_ready`` on (carry, metrics). ``compile_s`` = first epoch - median epoch.
+``run_epoch`` always evaluates both networks on the validation and test splits; they are kept tiny
+(``--n-eval`` = 256 examples each) and the PyTorch loop does the same per-epoch evaluation, so both
+sides time the same work.
+
+PyTorch: the released Co-teaching code's loop (per-step Python, ``DataLoader(TensorDataset,
+shuffle=True, drop_last=True)``, forward both nets, per-sample CE, argsort, keep the floor(R*B)
+smallest, cross update, ``zero_grad/backward/step`` per network). Inputs are pre-normalized float32
+NCHW tensors (no per-sample transforms). Threads: torch's default (``torch.get_num_threads()``,
+all cores) and 1 thread (``--torch-threads``); on a shared machine multi-threaded PyTorch can be
+many times slower than 1 thread (its threads spin-wait for each other), hence both rows.
+
+Timing: every configuration (PyTorch and JAX) first runs one warm-up epoch; then up to ``--repeats``
+timed epochs of each are run round-robin (so a changing load from other processes hits all alike),
+a configuration getting no more once its timed epochs took ``--budget`` seconds; the median epoch is
+reported (``best_images_per_s``: the fastest). ``ratio_vs_torch`` = images/s / PyTorch's (default
+threads) images/s on the same model (> 1: faster than PyTorch); ``ratio_vs_torch_1thr`` likewise.
+
+EXPERIMENTAL (off by default, ``--shard``): a batch-split data-parallel Co-teaching step with
+``shard_map`` over ``--xla_force_host_platform_device_count=2`` CPU devices (:class:`ShardRunner`),
+measured in a child process (the flag must be set before jax starts) next to the trainer's
+``fused/loop`` under the same flag; its rows are labeled EXPERIMENTAL and are not part of the trainer.
+
+Usage::
+
+    python experiments/bench_train.py                 # everything, ~3-4 minutes on 2 CPU cores
+    python experiments/bench_train.py --quick         # smoke test (few steps)
+    python experiments/bench_train.py --models model1 --forms fused --drivers loop --out results/bench
+    python experiments/bench_train.py --no-torch      # JAX only (torch not installed)
+
+Optional requirement: ``pip install -r requirements-bench.txt`` (torch, CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from s2e_jax import data as data_lib  # noqa: E402
+from s2e_jax import models as models_lib  # noqa: E402
+from s2e_jax import schedules, selection  # noqa: E402
+from s2e_jax import train as train_lib  # noqa: E402
+
+BATCH = 128
+LR = 1e-3
+NUM_CLASSES = 10
+TAU, T_K, C = 0.2, 10.0, 1.0   # eq. (1) parameters of the schedule
+EPOCHS = 200                   # the trainer's T (only sets the lr plan; never reached here)
+DEFAULT_MNIST = "/work/shared/data/mnist.npz"
+FORMS = ("vmap", "unroll", "fused")
+DRIVERS = ("scan", "loop")
+
+
+# ------------------------------------------------------------------------------------------ data
+def _symmetric_noise(y, rate, rng):
+    flip = rng.random(len(y)) < rate
+    other = (y + rng.integers(1, NUM_CLASSES, len(y))) % NUM_CLASSES
+    return np.where(flip, other, y).astype(np.int32)
+
+
+def make_dataset(model, n_train, n_eval, seed, mnist_path):
+    """A ``data.Dataset`` with ``n_train`` training and ``n_eval`` val / test examples, and is_clean."""
+    rng = np.random.default_rng(seed)
+    source = "random"
+    if model == "mlp" and mnist_path and os.path.isfile(mnist_path):
+        full = data_lib.load_dataset(mnist_path)
+        if len(full.y_train) >= n_train:
+            ds = dataclasses.replace(
+                full, name="mnist", x_train=full.x_train[:n_train], y_train=full.y_train[:n_train],
+                y_train_clean=full.y_train_clean[:n_train], x_val=full.x_val[:n_eval],
+                y_val=full.y_val[:n_eval], x_test=full.x_test[:n_eval], y_test=full.y_test[:n_eval])
+            source = f"MNIST ({mnist_path})"
+        else:
+            ds = None
+    else:
+        ds = None
+    if ds is None:
+        shape = (28, 28, 1) if model == "mlp" else (32, 32, 3)
+        img = lambda n: rng.integers(0, 256, (n,) + shape, dtype=np.uint8)  # noqa: E731
+        lab = lambda n: rng.integers(0, NUM_CLASSES, n).astype(np.int32)  # noqa: E731
+        y = lab(n_train)
+        ds = data_lib.Dataset(name=f"random{shape}", x_train=img(n_train), y_train=y, y_train_clean=y.copy(),
+                              x_val=img(n_eval), y_val=lab(n_eval), x_test=img(n_eval), y_test=lab(n_eval),
+                              num_classes=NUM_CLASSES)
+        source = f"random uint8 {'x'.join(map(str, shape))}"
+    y_noisy = _symmetric_noise(ds.y_train_clean, 0.2, rng)
+    ds = dataclasses.replace(ds, y_train=y_noisy)
+    return ds, y_noisy == ds.y_train_clean, source
+
+
+# ------------------------------------------------------------------------------------------ JAX
+def _block(tree):
+    return jax.block_until_ready(tree)
+
+
+class JaxRunner:
+    """One (net_form, driver) trainer; ``warmup()`` runs the first epoch (compile), ``epoch()`` one
+    timed epoch of ``trainer.run_epoch`` ended by ``jax.block_until_ready`` on (carry, metrics)."""
+
+    def __init__(self, ds, is_clean, model_name, form, driver, n_eval, seed=0):
+        model = models_lib.get_model(model_name, ds.num_classes)
+        self.trainer = train_lib.Trainer(model, 2, selection.coteaching_rule, schedules.coteaching_rate,
+                                         epochs=EPOCHS, batch_size=BATCH, n_train=len(ds.y_train), lr=LR,
+                                         net_form=form, driver=driver, eval_batch_size=n_eval)
+        self.data = train_lib.device_data(ds, is_clean)
+        net_keys, data_key = train_lib.seed_keys(seed, 2)
+        sched = np.asarray([TAU, T_K, C], np.float32)
+        self.carry = _block(self.trainer.init(net_keys, data_key, sched, self.data.x_train))
+        self.steps = self.trainer.steps_per_epoch
+        self.metrics = None
+
+    def epoch(self):
+        t0 = time.perf_counter()
+        self.carry, self.metrics = self.trainer.run_epoch(self.carry, self.data)
+        _block((self.carry, self.metrics))
+        return time.perf_counter() - t0
+
+    warmup = epoch
+
+    def loss(self):
+        return float(np.mean(np.asarray(self.metrics["train_loss"])))
+
+
+def measure(runners, repeats, budget_s=float("inf")):
+    """Warm up every runner (first epoch: compile + run), then time up to ``repeats`` epochs of each,
+    round-robin, so that a changing load from other processes hits every runner alike. A runner
+    whose timed epochs already took ``budget_s`` seconds gets no more (at least one is timed)."""
+    first = {}
+    for name, r in runners.items():
+        first[name] = r.warmup()
+        print(f"  warm-up {name}: {first[name]:.1f} s", flush=True)
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, r in runners.items():
+            if sum(times[name]) < budget_s:
+                times[name].append(r.epoch())
+    out = {}
+    for name, r in runners.items():
+        med, best = statistics.median(times[name]), min(times[name])
+        loss = r.loss()
+        if not np.isfinite(loss):
+            raise RuntimeError(f"{name}: non-finite training loss")
+        out[name] = dict(steps=r.steps, epochs=len(times[name]), epoch_s=med, best_epoch_s=best, steps_per_s=r.steps / med,
+                         images_per_s=r.steps * BATCH / med, best_images_per_s=r.steps * BATCH / best,
+                         compile_s=max(first[name] - med, 0.0), train_loss=loss)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ PyTorch
+def torch_model(name, in_shape):
+    import torch.nn as tnn
+
+    h, w, c = in_shape
+    if name == "mlp":
+        return tnn.Sequential(tnn.Flatten(), tnn.Linear(h * w * c, 256), tnn.ReLU(), tnn.Linear(256, NUM_CLASSES))
+    if name == "model1":
+        side = ((h - 4) // 2 - 4) // 2
+        return tnn.Sequential(
+            tnn.Conv2d(c, 6, 5), tnn.ReLU(), tnn.MaxPool2d(2),
+            tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
+            tnn.Linear(16 * side * side, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(),
+            tnn.Linear(84, NUM_CLASSES))
+    raise ValueError(f"no PyTorch version of {name}")
+
+
+class TorchRunner:
+    """The released Co-teaching loop in PyTorch (CPU) with ``threads`` intra-op threads."""
+
+    def __init__(self, ds, model_name, threads, seed=0):
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        self.torch, self.threads = torch, threads
+        torch.manual_seed(seed)
+        x = ds.x_train.astype(np.float32) / 255.0
+        mean = x.reshape(-1, x.shape[-1]).mean(0)
+        std = x.reshape(-1, x.shape[-1]).std(0) + 1e-6
+        to_t = lambda a: torch.from_numpy(((a.astype(np.float32) / 255.0 - mean) / std)  # noqa: E731
+                                          .transpose(0, 3, 1, 2).copy())
+        train_set = TensorDataset(to_t(ds.x_train), torch.from_numpy(ds.y_train.astype(np.int64)))
+        self.loader = DataLoader(train_set, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=0)
+        self.evals = [(to_t(ds.x_val), torch.from_numpy(ds.y_val.astype(np.int64))),
+                      (to_t(ds.x_test), torch.from_numpy(ds.y_test.astype(np.int64)))]
+        self.nets = [torch_model(model_name, ds.x_train.shape[1:]) for _ in range(2)]
+        self.opts = [torch.optim.Adam(n.parameters(), lr=LR) for n in self.nets]
+        self.steps = len(self.loader)
+        self.t = 0
+        self._loss = float("nan")
+
+    def _epoch(self):
+        torch = self.torch
+        F = torch.nn.functional
+        (net1, net2), (opt1, opt2) = self.nets, self.opts
+        net1.train(), net2.train()
+        r = max(min(1.0 - TAU * min((self.t / T_K) ** C, 1.0), 1.0), 0.01)
+        total, steps = 0.0, 0
+        for xb, yb in self.loader:
+            out1, out2 = net1(xb), net2(xb)
+            ce1 = F.cross_entropy(out1, yb, reduction="none")
+            ce2 = F.cross_entropy(out2, yb, reduction="none")
+            ind1, ind2 = torch.argsort(ce1.detach()), torch.argsort(ce2.detach())
+            keep = max(int(r * len(yb)), 1)
+            u1, u2 = ind1[:keep], ind2[:keep]
+            loss1 = F.cross_entropy(out1[u2], yb[u2])  # net 1 learns from net 2's small-loss samples
+            loss2 = F.cross_entropy(out2[u1], yb[u1])
+            opt1.zero_grad()
+            loss1.backward()
+            opt1.step()
+            opt2.zero_grad()
+            loss2.backward()
+            opt2.step()
+            total += float(loss1.detach()) + float(loss2.detach())  # like the released code's logging
+            steps += 1
+        net1.eval(), net2.eval()
+        with torch.no_grad():  # the same per-epoch evaluation as Trainer.run_epoch
+            for xe, ye in self.evals:
+                for net in (net1, net2):
+                    (net(xe).argmax(1) == ye).float().mean().item()
+        self.t += 1
+        self._loss = total / (2 * steps)
+
+    def epoch(self):
+        prev = self.torch.get_num_threads()
+        self.torch.set_num_threads(self.threads)
+        try:
+            t0 = time.perf_counter()
+            self._epoch()
+            return time.perf_counter() - t0
+        finally:
+            self.torch.set_num_threads(prev)
+
+    warmup = epoch
+
+    def loss(self):
+        return self._loss
+
+
+# ------------------------------------------------------------------------------------------ shard_map
+class ShardRunner:
+    """EXPERIMENTAL, not the trainer: a data-parallel Co-teaching step split over the host's CPU
+    "devices" (``--xla_force_host_platform_device_count=2``) with ``shard_map``.
+
+    Each device runs both networks (``unroll`` form) on its half of the batch; the per-sample losses
+    are all-gathered so that the small-loss selection sees the whole batch (the trainer's selection),
+    each device's weighted loss is divided by the whole batch's kept count and the gradients are
+    ``psum``-ed. A Python loop of jitted steps over one epoch of batches staged on the devices once
+    (the same batches every epoch). No evaluation. Build it only when ``jax.device_count() >= 2``.
+    """
+
+    def __init__(self, ds, is_clean, model_name, steps, seed=0):
+        import optax
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+        try:
+            from jax import shard_map
+        except ImportError:  # older jax
+            from jax.experimental.shard_map import shard_map
+        mesh = Mesh(np.asarray(jax.devices()[:2]), ("b",))
+        model = models_lib.get_model(model_name, ds.num_classes)
+        net_keys, _ = train_lib.seed_keys(seed, 2)
+        x0 = jnp.zeros((1,) + ds.x_train.shape[1:], jnp.float32)
+        self.params = jax.vmap(lambda k: model.init({"params": k}, x0)["params"])(net_keys)
+        tx = optax.adam(LR)
+        self.opt_state = tx.init(self.params)
+        dd = train_lib.device_data(ds, is_clean)
+        mean, std = dd.mean, dd.std
+        k = int(selection.num_keep(jnp.float32(1.0 - TAU / T_K), BATCH))  # R at epoch 1
+
+        def local(params, xb, yb):
+            xb = train_lib.normalize(xb, mean, std)
+            take = lambda p, i: jax.tree_util.tree_map(lambda a: a[i], p)  # noqa: E731
+
+            def losses_of(ps):
+                logits = jnp.stack([model.apply({"params": take(ps, i)}, xb) for i in range(2)])
+                return optax.softmax_cross_entropy_with_integer_labels(logits, yb[None])  # [2, b]
+
+            def loss_fn(ps):
+                ce = losses_of(ps)
+                ce_all = jax.lax.all_gather(jax.lax.stop_gradient(ce), "b", axis=1, tiled=True)  # [2, B]
+                kept = jnp.stack([selection.small_loss_mask(ce_all[i], k) for i in range(2)])
+                w_all = kept[::-1]
+                nb = xb.shape[0]
+                w = jax.lax.dynamic_slice_in_dim(w_all, jax.lax.axis_index("b") * nb, nb, axis=1)
+                return ((w * ce).sum(1) / w_all.sum(1)).sum()
+
+            loss, g = jax.value_and_grad(loss_fn)(params)
+            return jax.lax.psum(loss, "b"), jax.lax.psum(g, "b")
+
+        sm = shard_map(local, mesh=mesh, in_specs=(P(), P("b"), P("b")), out_specs=(P(), P()))
+
+        @jax.jit
+        def step(params, opt_state, xb, yb):
+            loss, g = sm(params, xb, yb)
+            upd, opt_state = tx.update(g, opt_state, params)
+            return optax.apply_updates(params, upd), opt_state, loss
+
+        self.step = step
+        bsh = NamedSharding(mesh, P("b"))
+        order = np.random.default_rng(seed).permutation(len(ds.y_train))[:steps * BATCH].reshape(steps, BATCH)
+        self.batches = [(jax.device_put(ds.x_train[i], bsh), jax.device_put(ds.y_train[i], bsh)) for i in order]
+        self.steps = steps
+        self._loss = None
+
+    def epoch(self):
+        t0 = time.perf_counter()
+        for xb, yb in self.batches:
+            self.params, self.opt_state, self._loss = self.step(self.params, self.opt_state, xb, yb)
+        _block((self.params, self._loss))
+        return time.perf_counter() - t0
+
+    warmup = epoch
+
+    def loss(self):
+        return float(self._loss) / 2
+
+
+# ------------------------------------------------------------------------------------------ report
+COLUMNS = ("model", "data", "impl", "net_form", "driver", "steps", "epochs", "epoch_s", "steps_per_s", "images_per_s",
+           "best_images_per_s", "compile_s", "ratio_vs_torch", "ratio_vs_torch_1thr", "train_loss")
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        if v != v:
+            return "-"
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def render(rows):
+    cells = [[_fmt(r.get(c, float("nan"))) for c in COLUMNS] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(COLUMNS)]
+    line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))  # noqa: E731
+    return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(x) for x in cells])
+
+
+def markdown(rows, header, notes):
+    out = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(_fmt(r.get(c, float("nan"))) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(out + [""] + notes) + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per timed epoch (default: 150 for mlp, 60 for model1; 8 with --quick)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed epochs per configuration after the warm-up epoch (default 3; 1 with --quick)")
+    p.add_argument("--models", default="mlp,model1", help="comma list of: mlp, model1")
+    p.add_argument("--forms", default=",".join(FORMS), help="comma list of net_form: vmap, unroll, fused")
+    p.add_argument("--drivers", default=",".join(DRIVERS), help="comma list of driver: scan, loop")
+    p.add_argument("--budget", type=float, default=12.0,
+                   help="seconds of timed epochs after which a configuration gets no more repeats "
+                        "(at least one; default 12)")
+    p.add_argument("--n-eval", type=int, default=256, help="validation and test examples each (default 256)")
+    p.add_argument("--mnist", default=DEFAULT_MNIST, help="MNIST .npz for the mlp (random data if absent)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    p.add_argument("--torch-threads", default="default,1",
+                   help="comma list of torch thread counts; 'default' = torch.get_num_threads() (default: default,1)")
+    p.add_argument("--shard", action="store_true",
+                   help="EXPERIMENTAL: also time a batch-split shard_map step over 2 forced host CPU "
+                        "devices (child process)")
+    p.add_argument("--quick", action="store_true", help="smoke test: few steps, one timed epoch")
+    p.add_argument("--out", default=None, help="directory to write bench_train.md and bench_train.csv")
+    args = p.parse_args(argv)
+
+    def listed(s, allowed, what):
+        xs = [x.strip() for x in s.split(",") if x.strip()]
+        bad = [x for x in xs if allowed is not None and x not in allowed]
+        if bad or not xs:
+            p.error(f"--{what}: expected a comma list of {', '.join(allowed)}, got {s!r}")
+        return xs
+
+    args.models = listed(args.models, ("mlp", "model1"), "models")
+    args.forms = listed(args.forms, FORMS, "forms")
+    args.drivers = listed(args.drivers, DRIVERS, "drivers")
+    threads = listed(args.torch_threads, None, "torch-threads")
+    if any(t != "default" and not (t.isdigit() and int(t) > 0) for t in threads):
+        p.error(f"--torch-threads: expected 'default' or positive integers, got {args.torch_threads!r}")
+    args.torch_threads = threads
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if (args.steps is not None and args.steps < 1) or args.repeats < 1 or args.n_eval < 1:
+        p.error("--steps, --repeats and --n-eval must be >= 1")
+    return args
+
+
+def steps_for(args, model):
+    if args.steps is not None:
+        return args.steps
+    if args.quick:
+        return 8
+    return 150 if model == "mlp" else 60
+
+
+SHARD_WORKER = "--_shard-worker"
+
+
+def shard_child(args, model, steps):
+    """Run :func:`shard_worker` in a child process with 2 forced host CPU devices."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    spec = dict(model=model, steps=steps, repeats=args.repeats, budget=args.budget, n_eval=args.n_eval,
+                mnist=args.mnist)
+    cmd = [sys.executable, os.path.abspath(__file__), SHARD_WORKER, json.dumps(spec)]
+    print("  EXPERIMENTAL: child process with --xla_force_host_platform_device_count=2", flush=True)
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        print(f"  EXPERIMENTAL shard_map child failed (exit {proc.returncode}); skipped", file=sys.stderr)
+        return {}
+    return {k: tuple(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+
+
+def shard_worker(spec):
+    """Child of ``--shard``: the shard_map step and the trainer's fused/loop under 2 host devices."""
+    if jax.device_count() < 2:
+        raise SystemExit("shard worker: needs 2 JAX devices")
+    ds, is_clean, _ = make_dataset(spec["model"], spec["steps"] * BATCH, spec["n_eval"], 0, spec["mnist"])
+    runners = {"EXPERIMENTAL shard_map": ShardRunner(ds, is_clean, spec["model"], spec["steps"]),
+               "EXPERIMENTAL jax fused/loop": JaxRunner(ds, is_clean, spec["model"], "fused", "loop",
+                                                        spec["n_eval"])}
+    meta = {"EXPERIMENTAL shard_map": dict(impl="EXPERIMENTAL 2dev shard_map, no eval", net_form="unroll",
+                                           driver="loop"),
+            "EXPERIMENTAL jax fused/loop": dict(impl="EXPERIMENTAL 2dev trainer", net_form="fused",
+                                                driver="loop")}
+    with contextlib.redirect_stdout(sys.stderr):
+        res = measure(runners, spec["repeats"], spec["budget"])
+    print(json.dumps({k: (res[k], meta[k]) for k in runners}))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch_version, default_threads = None, None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            print("torch is not installed (pip install -r requirements-bench.txt); running JAX only",
+                  file=sys.stderr)
+            args.no_torch = True
+        else:
+            torch_version, default_threads = torch.__version__, torch.get_num_threads()
+    load_before = os.getloadavg()
+    rows = []
+    t_start = time.perf_counter()
+    for model in args.models:
+        steps = steps_for(args, model)
+        ds, is_clean, source = make_dataset(model, steps * BATCH, args.n_eval, 0, args.mnist)
+        data_name = source.split(" (")[0]
+        print(f"# {model} on {source}: {len(ds.y_train)} train ({steps} steps/epoch), "
+              f"{len(ds.y_val)} val + {len(ds.y_test)} test", flush=True)
+        runners, meta = {}, {}
+        if not args.no_torch:
+            for t in args.torch_threads:
+                n = default_threads if t == "default" else int(t)
+                name = f"torch {n}thr" + (" (default)" if t == "default" else "")
+                if name.split(" (")[0] in [k.split(" (")[0] for k in runners]:
+                    continue  # e.g. default == 1 thread
+                runners[name] = TorchRunner(ds, model, n)
+                meta[name] = dict(impl=name, net_form="-", driver="python", torch_threads=n, default=t == "default")
+        for form in args.forms:
+            for driver in args.drivers:
+                name = f"jax {form}/{driver}"
+                runners[name] = JaxRunner(ds, is_clean, model, form, driver, args.n_eval)
+                meta[name] = dict(impl="jax", net_form=form, driver=driver)
+        results = measure(runners, args.repeats, args.budget)
+        if args.shard:
+            for name, (res, m) in shard_child(args, model, steps).items():
+                results[name], meta[name] = res, m
+        base = next((results[k]["images_per_s"] for k in runners if meta[k].get("default")), None)
+        base1 = next((results[k]["images_per_s"] for k in runners if meta[k].get("torch_threads") == 1), None)
+        for name, res in results.items():
+            row = dict(res, model=model, data=data_name, **meta[name])
+            if row["impl"].startswith("torch"):
+                row["compile_s"] = float("nan")
+            row["ratio_vs_torch"] = res["images_per_s"] / base if base else float("nan")
+            row["ratio_vs_torch_1thr"] = res["images_per_s"] / base1 if base1 else float("nan")
+            rows.append(row)
+            print(f"  {name}: {res['steps_per_s']:.1f} steps/s, {res['images_per_s']:.0f} images/s", flush=True)
+    total = time.perf_counter() - t_start
+    load_after = os.getloadavg()
+
+    header = (f"Co-teaching training throughput, batch {BATCH}, 2 networks, Adam lr {LR:g}; "
+              f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} device(s))"
+              + (f", torch {torch_version} (default {default_threads} threads)" if torch_version else "")
+              + f"; {os.cpu_count()} CPU cores ({platform.machine()}); load average "
+              f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; total {total:.0f} s")
+    notes = [
+        f"- One warm-up epoch, then up to {args.repeats} timed epochs per configuration (`epochs`; no more once "
+        f"its timed epochs took {args.budget:g} s), interleaved round-robin; epoch_s / steps_per_s / images_per_s: "
+        "median epoch; best_images_per_s: fastest epoch.",
+        "- compile_s = warm-up epoch - median epoch (JAX only).",
+        f"- Every epoch (JAX `Trainer.run_epoch` and the PyTorch loop alike) evaluates both networks on "
+        f"{args.n_eval} validation + {args.n_eval} test examples.",
+        "- ratio_vs_torch = images/s / images/s of PyTorch with its default threads; ratio_vs_torch_1thr: "
+        "against PyTorch with 1 thread.",
+    ]
+    if load_before[0] > (os.cpu_count() or 1) * 0.5:
+        notes.append(f"- WARNING: the machine was busy (load average {load_before[0]:.1f} on "
+                     f"{os.cpu_count()} cores): absolute numbers are noisy; multi-threaded PyTorch suffers most.")
+    print()
+    print(header)
+    print(render(rows))
+    print("\n".join(notes))
+    for model in args.models:
+        jrows = [r for r in rows if r["model"] == model and r["impl"] == "jax"]
+        if jrows:
+            best = max(jrows, key=lambda r: r["images_per_s"])
+            print(f"fastest JAX execution for {model}: net_form={best['net_form']}, driver={best['driver']} "
+                  f"({best['steps_per_s']:.1f} steps/s, {best['images_per_s']:.0f} images/s)")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench_train.md"), "w") as f:
+            f.write(markdown(rows, header, notes))
+        with open(os.path.join(args.out, "bench_train.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({c: r.get(c, "") for c in COLUMNS})
+        print(f"wrote {os.path.join(args.out, 'bench_train.md')} and bench_train.csv")
+    return rows
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == SHARD_WORKER:
+        shard_worker(json.loads(sys.argv[2]))
+    else:
+        main()

@@ -1,0 +1,640 @@
+"""Search algorithms over a schedule space, behind one ask/tell interface (Sections 3.4 and 4.2.2).
+
+The search sees a batched objective ``objective(xs [K, dim], budget=None) -> fs [K]`` (lower is
+better; ``budget`` is a number of epochs and is only passed by :class:`Hyperband`; the driver calls
+``objective(xs)`` when the budget is ``None`` = full training). The search budget is counted in
+trainings (objective evaluations of single points), as in Figure 6 of the paper.
+
+Searchers (all :class:`Searcher`):
+
+* :class:`Relaxation` — stochastic relaxation (eq. 6) with the update of eq. (8); ``curvature``
+  selects H: ``'newton'`` (S2E, Algorithm 2: H = ∇²J of Proposition 1), ``'gd'`` (H = I) or
+  ``'ng'`` (H = exact Fisher matrix, natural gradient);
+* :class:`RandomSearch` — uniform samples (p_θ with θ = 1);
+* :class:`TPE` — Bayesian optimization with Optuna's TPE (imported lazily);
+* :class:`Hyperband` — Li et al. (2017), budget = epochs.
+
+Interface: ``ask(n=None) -> (xs, budget)``, ``tell(xs, fs) -> records``, ``best() -> (x, f)``,
+``state_dict()`` (JSON-serializable) and ``load_state_dict(d)``; ``history`` is a list of records
+``{iteration, trial, x, f, budget, cost, failed}``. All randomness is derived from ``seed`` and the
+iteration counter (``fold_in(PRNGKey(seed), iteration)``), never from a stateful RNG, so a searcher
+restored from ``state_dict`` asks exactly what the uninterrupted one would. ``ask`` is idempotent
+until the matching ``tell``.
+
+:func:`run_search` is the ask → objective → tell loop; :func:`make_searcher` the factory.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import warnings
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+
+from s2e_jax import relaxation
+from s2e_jax.config import ConfigError
+
+ALGOS = ("newton", "gd", "ng", "random", "tpe", "hyperband")
+CURVATURES = ("newton", "gd", "ng")
+STATE_VERSION = 1
+
+
+def _check_int(field, value, lo):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise ConfigError(f"{field}: must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def _check_pos(field, value, allow_zero=False):
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.floating, np.integer))
+          and math.isfinite(value) and (value >= 0 if allow_zero else value > 0))
+    if not ok:
+        raise ConfigError(f"{field}: must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return float(value)
+
+
+def _key(seed: int, *counters: int):
+    """The jax key of one draw: ``fold_in(PRNGKey(seed), counter)`` (stateless, hence resumable)."""
+    key = jax.random.PRNGKey(seed)
+    for c in counters:
+        key = jax.random.fold_in(key, c)
+    return key
+
+
+# ====================================================================== base class
+class Searcher:
+    """Common ask/tell bookkeeping: pending ask, failed values, history, best, state.
+
+    Args:
+      space: a :class:`s2e_jax.schedules.Space`.
+      samples: K, the number of points per ask (the batch given to the objective).
+      seed: the seed of every random draw.
+      worst: the value recorded for failed (non-finite) evaluations; ``None`` uses the worst finite
+        value seen so far (e.g. pass 1.0 when f is an error rate).
+    """
+
+    name = "base"
+
+    def __init__(self, space, samples: int = 8, seed: int = 0, worst: Optional[float] = None):
+        relaxation.sizes(space)  # validates the space
+        self.space = space
+        self.dim = int(space.dim)
+        self.samples = _check_int("samples", samples, 1)
+        self.seed = _check_int("seed", seed, 0)
+        if worst is not None:
+            worst = float(worst)
+            if not math.isfinite(worst):
+                raise ConfigError(f"worst: must be a finite number, got {worst!r}")
+        self.worst = worst
+        self.iteration = 0          # completed ask/tell rounds
+        self.history: list[dict] = []
+        self._pending = None        # (xs, budget) of the last ask, until told
+
+    # -------------------------------------------------------------- to implement
+    def _propose(self, n: int):
+        """``(xs [n, dim], budget)`` for the current iteration (deterministic given the state)."""
+        raise NotImplementedError
+
+    def _update(self, xs: np.ndarray, fs: np.ndarray, failed: np.ndarray):
+        """Learn from one told batch (``fs`` already has failed values filled in)."""
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _load_extra_state(self, d: dict):
+        pass
+
+    # -------------------------------------------------------------- interface
+    def ask(self, n: Optional[int] = None):
+        """``(xs [n, dim] float64, budget)``: the points to evaluate next (``n`` defaults to K).
+
+        Calling ``ask`` again before ``tell`` returns the same points.
+        """
+        if n is not None:
+            n = _check_int("n", n, 1)
+        if self._pending is None or (n is not None and len(self._pending[0]) != n):
+            xs, budget = self._propose(n if n is not None else self.samples)
+            self._pending = (np.asarray(xs, np.float64), budget)
+        xs, budget = self._pending
+        return xs.copy(), budget
+
+    def tell(self, xs, fs) -> list[dict]:
+        """Report ``fs [n]`` for the points ``xs`` of the last ask; returns the new history records.
+
+        Non-finite values (NaN: failed training) are replaced by ``worst`` (or the worst finite value
+        seen so far) and recorded with ``failed: True``; the search continues.
+        """
+        if self._pending is None:
+            raise ConfigError("tell: no pending ask (call ask() first)")
+        pxs, budget = self._pending
+        xs = np.asarray(xs, np.float64).reshape(len(pxs), -1) if np.size(xs) == pxs.size else None
+        if xs is None or not np.array_equal(xs, pxs):
+            raise ConfigError("tell: xs do not match the points of the last ask()")
+        fs = np.asarray(fs, np.float64).reshape(-1)
+        if fs.shape != (len(pxs),):
+            raise ConfigError(f"tell: expected {len(pxs)} objective values, got {fs.size}")
+        failed = ~np.isfinite(fs)
+        if failed.any():
+            fs = fs.copy()
+            fs[failed] = self._fill_value(fs[~failed])
+        cost = self._cost(budget)
+        records = []
+        for x, f, bad in zip(pxs, fs, failed):
+            records.append({"iteration": self.iteration, "trial": len(self.history) + len(records),
+                            "x": [float(v) for v in x], "f": float(f), "budget": budget,
+                            "cost": cost, "failed": bool(bad)})
+        self._update(pxs, fs, failed)
+        self.history.extend(records)
+        self.iteration += 1
+        self._pending = None
+        return records
+
+    def _fill_value(self, finite_now: np.ndarray) -> float:
+        if self.worst is not None:
+            return self.worst
+        seen = [r["f"] for r in self.history if not r["failed"]] + [float(v) for v in finite_now]
+        return max(seen) if seen else 0.0  # nothing finite yet: any constant (a no-op for the updates)
+
+    def _cost(self, budget) -> float:
+        """Cost of one evaluation in full-training equivalents."""
+        return 1.0
+
+    @property
+    def cost(self) -> float:
+        """Total cost so far in full-training equivalents (= number of trainings unless Hyperband)."""
+        return float(sum(r["cost"] for r in self.history))
+
+    def best(self):
+        """``(x, f)`` of the best non-failed evaluation at full budget (``(None, inf)`` if none)."""
+        recs = [r for r in self.history if not r["failed"] and r["cost"] >= 1.0]
+        if not recs:
+            return None, float("inf")
+        r = min(recs, key=lambda r: r["f"])
+        return np.asarray(r["x"]), r["f"]
+
+    def state_dict(self) -> dict:
+        """JSON-serializable state (seed, counters, history, algorithm-specific state)."""
+        d = {"algo": self.name, "version": STATE_VERSION, "space": self.space.name, "dim": self.dim,
+             "samples": self.samples, "seed": self.seed, "worst": self.worst,
+             "iteration": self.iteration, "history": [dict(r) for r in self.history]}
+        d.update(self._extra_state())
+        return d
+
+    def load_state_dict(self, d: dict):
+        """Restore a state from :meth:`state_dict` (same algorithm and space; options from the constructor)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"state: expected a dict, got {type(d).__name__}")
+        if d.get("algo") != self.name:
+            raise ConfigError(f"state: saved by algo {d.get('algo')!r}, cannot load into {self.name!r}")
+        if d.get("dim") != self.dim:
+            raise ConfigError(f"state: saved for a space of dimension {d.get('dim')}, this space has {self.dim}")
+        self.seed = int(d["seed"])
+        self.samples = int(d["samples"])
+        self.worst = d.get("worst")
+        self.iteration = int(d["iteration"])
+        self.history = [dict(r) for r in d["history"]]
+        self._pending = None
+        self._load_extra_state(d)
+        return self
+
+
+# ====================================================================== stochastic relaxation (eq. 6-8)
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _estimate(theta, xs, fs, S, B, loo):
+    """Monte Carlo ∇J (eq. 7) and ∇²J (Proposition 1) from K samples and their objective values."""
+    s = jax.vmap(jax.grad(relaxation._log_prob), in_axes=(None, 0, None, None))(theta, xs, S, B)     # [K, P]
+    h = jax.vmap(jax.hessian(relaxation._log_prob), in_axes=(None, 0, None, None))(theta, xs, S, B)  # [K, P, P]
+    K = fs.shape[0]
+    if loo:
+        # leave-one-out baseline b_i = mean_{j≠i} f_j: f_i − b_i = K/(K−1) (f_i − mean f)
+        w = (fs - jnp.mean(fs)) * (K / (K - 1.0))
+    else:
+        w = fs
+    g = jnp.mean(w[:, None] * s, axis=0)                                               # eq. (7)
+    H = jnp.mean(w[:, None, None] * (h + s[:, :, None] * s[:, None, :]), axis=0)       # Proposition 1
+    return g, H
+
+
+def estimate(theta, xs, fs, space, baseline: bool = True):
+    """``(g, H)``: the estimators of ∇J(θ) (eq. 7) and ∇²J(θ) (Proposition 1), numpy float64.
+
+    g = 1/K Σ w_i ∇log p_θ(x_i),  H = 1/K Σ w_i [∇²log p_θ(x_i) + ∇log p_θ(x_i) ∇log p_θ(x_i)ᵀ],
+    with w_i = f(x_i), or with ``baseline`` (K ≥ 2) w_i = f(x_i) − b_i, b_i the mean of the other
+    K − 1 values (leave-one-out). Because E[∇log p] = 0 and E[∇²log p + ∇log p ∇log pᵀ] = ∇²∫p = 0,
+    subtracting a b_i independent of x_i leaves both expectations unchanged: the leave-one-out
+    estimators stay exactly unbiased while their variance drops (the plain sample-mean baseline would
+    be biased by O(1/K)).
+    """
+    S, B = relaxation.sizes(space)
+    fs = np.asarray(fs, np.float64)
+    loo = bool(baseline) and len(fs) >= 2
+    g, H = _estimate(relaxation._float(theta), relaxation._float(xs), relaxation._float(fs), S, B, loo)
+    return np.asarray(g, np.float64), np.asarray(H, np.float64)
+
+
+def safeguard(H, eta: float, L: float) -> np.ndarray:
+    """Assumption 3(i): symmetrize H and replace its eigenvalues λ by clip(|λ|, η, L).
+
+    The result is symmetric positive definite with spectrum in [η, L]; taking |λ| turns the
+    negative-curvature directions of an indefinite Hessian into descent directions ("saddle-free"
+    Newton) instead of ascent ones.
+    """
+    lam, V = _clipped_eigh(H, eta, L)
+    return (V * lam) @ V.T
+
+
+def _clipped_eigh(H, eta, L):
+    H = np.asarray(H, np.float64)
+    lam, V = scipy.linalg.eigh(0.5 * (H + H.T))  # (scipy: numpy's threaded OpenBLAS is slow at this size)
+    return np.clip(np.abs(lam), eta, L), V
+
+
+def solve_safeguarded(H, g, eta: float, L: float) -> np.ndarray:
+    """safeguard(H, η, L)⁻¹ g, from the eigen-decomposition (V diag(1/λ') Vᵀ g)."""
+    lam, V = _clipped_eigh(H, eta, L)
+    return V @ ((V.T @ np.asarray(g, np.float64)) / lam)
+
+
+def project(theta, theta_min: float) -> np.ndarray:
+    """Projection onto {θ ≥ θ_min} (keeps p_θ a proper, unimodal-or-flat Dirichlet × Beta)."""
+    return np.maximum(np.asarray(theta, np.float64), theta_min)
+
+
+class Relaxation(Searcher):
+    """Stochastic relaxation (eq. 6) minimized with the update of eq. (8); S2E when ``curvature='newton'``.
+
+    Each iteration samples K points from p_θ (Algorithm 2, lines 3-6), estimates ∇J by eq. (7) and
+    (Newton) ∇²J by Proposition 1 (line 7), and updates (line 8, eq. 8)
+
+        θ ← Π_{θ ≥ θ_min}( θ − ρ H⁻¹ ∇J(θ) ),
+
+    with H = safeguard(∇²J estimate) for ``'newton'``, H = I for ``'gd'`` and H = safeguard(Fisher)
+    for ``'ng'`` (safeguard: Assumption 3(i), eigenvalues → clip(|λ|, η, L)).
+
+    Eq. (8) in the paper prints ``θ + ρ H⁻¹ ∇J``; for the minimization of J in (6) the step must go
+    against the gradient (the "−" of eq. 9), which is what is implemented.
+
+    This implements the paper. The authors' released code differs: it forms the update from the
+    single best sample of the batch and multiplies the gradient elementwise by the (diagonal of the)
+    curvature instead of solving H⁻¹g.
+
+    Args (besides :class:`Searcher`'s):
+      curvature: ``'newton'`` | ``'gd'`` | ``'ng'``.
+      rho: step size ρ of eq. (8); ``None`` = :attr:`DEFAULT_RHO` of the curvature.
+      eta, L: eigenvalue bounds η ≤ σ(H) ≤ L of Assumption 3 (newton, ng).
+      theta_min: lower bound of θ after each update (1 as in the authors' release).
+      baseline: subtract the leave-one-out mean of f (unbiased variance reduction, see :func:`estimate`).
+      normalize: divide f by its sample standard deviation before estimating. This does not change
+        the Newton direction H⁻¹g (both scale alike) but makes ρ, η, L independent of the units of f
+        (error rates differ by 1e-3..1e-1 between schedules); for GD it is a scale-free step size.
+    """
+
+    DEFAULT_RHO = {"newton": 1.0, "gd": 1.0, "ng": 1.0}
+
+    def __init__(self, space, samples: int = 8, seed: int = 0, curvature: str = "newton",
+                 rho: Optional[float] = None, eta: float = 0.1, L: float = 1e3,
+                 theta_min: float = 1.0, baseline: bool = True, normalize: bool = True,
+                 worst: Optional[float] = None):
+        super().__init__(space, samples, seed, worst)
+        if curvature not in CURVATURES:
+            raise ConfigError(f"curvature: unknown value {curvature!r} (expected one of {', '.join(CURVATURES)})")
+        self.curvature = curvature
+        self.name = curvature
+        self.rho = _check_pos("rho", self.DEFAULT_RHO[curvature] if rho is None else rho)
+        self.eta = _check_pos("eta", eta)
+        self.L = _check_pos("L", L)
+        if self.L < self.eta:
+            raise ConfigError(f"L: must be >= eta ({self.eta}), got {self.L}")
+        self.theta_min = _check_pos("theta_min", theta_min)
+        self.baseline = bool(baseline)
+        self.normalize = bool(normalize)
+        self.theta = project(np.asarray(relaxation.theta_init(space), np.float64), self.theta_min)
+        self.last_step: dict = {}
+
+    def _propose(self, n):
+        key = _key(self.seed, self.iteration)
+        xs = relaxation.sample(key, self.theta, self.space, n)  # Algorithm 2, line 4
+        return np.asarray(xs, np.float64), None
+
+    def direction(self, xs, fs) -> np.ndarray:
+        """H⁻¹ ∇J(θ) from one batch (before the step size and projection)."""
+        fs = np.asarray(fs, np.float64)
+        if self.normalize and len(fs) >= 2:
+            sd = float(np.std(fs))
+            fs = fs / sd if sd > 0 else fs
+        g, Hn = estimate(self.theta, xs, fs, self.space, self.baseline)
+        if self.curvature == "gd":
+            d = g                                                                    # H = I
+        else:
+            if self.curvature == "newton":
+                H = Hn                                                               # Proposition 1
+            else:
+                H = np.asarray(relaxation.fisher(self.theta, self.space), np.float64)  # natural gradient
+            d = solve_safeguarded(H, g, self.eta, self.L)                            # Assumption 3(i)
+        self.last_step = {"grad_norm": float(np.linalg.norm(g)), "step_norm": float(self.rho * np.linalg.norm(d))}
+        return d
+
+    def _update(self, xs, fs, failed):
+        if failed.all():
+            return  # no information about J's slope in this batch
+        d = self.direction(xs, fs)
+        self.theta = project(self.theta - self.rho * d, self.theta_min)             # eq. (8), minimization
+
+    def mean(self) -> np.ndarray:
+        """E_θ[x] under the current θ."""
+        return np.asarray(relaxation.mean(self.theta, self.space), np.float64)
+
+    def _extra_state(self):
+        return {"theta": [float(v) for v in self.theta]}
+
+    def _load_extra_state(self, d):
+        theta = np.asarray(d["theta"], np.float64)
+        if theta.shape != self.theta.shape:
+            raise ConfigError(f"state: theta has {theta.size} entries, expected {self.theta.size}")
+        self.theta = theta
+
+
+def Newton(space, **kw) -> Relaxation:
+    """S2E's searcher: :class:`Relaxation` with ``curvature='newton'``."""
+    return Relaxation(space, curvature="newton", **kw)
+
+
+def GD(space, **kw) -> Relaxation:
+    """Gradient descent on J: :class:`Relaxation` with ``curvature='gd'`` (H = I)."""
+    return Relaxation(space, curvature="gd", **kw)
+
+
+def NG(space, **kw) -> Relaxation:
+    """Natural gradient on J: :class:`Relaxation` with ``curvature='ng'`` (H = Fisher)."""
+    return Relaxation(space, curvature="ng", **kw)
+
+
+# ====================================================================== random search
+class RandomSearch(Searcher):
+    """Random search (Bergstra & Bengio, 2012): K uniform samples per ask (p_θ with θ = 1).
+
+    With the same seed its first batch equals the first batch of :class:`Relaxation`.
+    """
+
+    name = "random"
+
+    def _propose(self, n):
+        theta = relaxation.theta_init(self.space)
+        return np.asarray(relaxation.sample(_key(self.seed, self.iteration), theta, self.space, n), np.float64), None
+
+
+# ====================================================================== TPE (Optuna)
+class TPE(Searcher):
+    """Bayesian optimization with the Tree-structured Parzen Estimator (Bergstra et al., 2011) of Optuna.
+
+    Parametrization: the box part of x is ``suggest_float(b_j, 0, 1)``; the simplex part uses S
+    unconstrained ``u_i`` in [0, 1] mapped to the simplex by x_i = −log u_i / Σ_k −log u_k (uniform u
+    gives exactly Dirichlet(1), the uniform distribution on the simplex, via exponential variables).
+
+    Determinism and resume: the sampler is re-created before every ask with a seed derived from
+    ``(seed, number of told trials)``, and the state is the list of told (params, f). Loading rebuilds
+    the study with ``add_trial`` and therefore asks exactly what the uninterrupted search would.
+    Within one batch the sampler uses ``constant_liar`` so that the K points differ.
+    """
+
+    name = "tpe"
+
+    def __init__(self, space, samples: int = 8, seed: int = 0, n_startup_trials: int = 10,
+                 constant_liar: bool = True, multivariate: bool = False, worst: Optional[float] = None):
+        super().__init__(space, samples, seed, worst)
+        import optuna  # lazily: the package works without optuna unless TPE is used
+
+        self._optuna = optuna
+        self.n_startup_trials = _check_int("n_startup_trials", n_startup_trials, 0)
+        self.constant_liar = bool(constant_liar)
+        self.multivariate = bool(multivariate)
+        S, B = relaxation.sizes(space)
+        self._names = [f"u{i}" for i in range(S)] + [f"b{j}" for j in range(B)]
+        self._dists = {k: optuna.distributions.FloatDistribution(0.0, 1.0) for k in self._names}
+        self._told: list[dict] = []   # {"params": {...}, "f": float}
+        self._study = None
+        self._trials = None
+
+    def _params_to_x(self, params: dict) -> np.ndarray:
+        S = self.space.n_simplex
+        u = np.asarray([params[k] for k in self._names], np.float64)
+        x = u.copy()
+        if S:
+            e = -np.log(np.clip(u[:S], 1e-12, 1.0))
+            x[:S] = e / e.sum() if e.sum() > 0 else np.full(S, 1.0 / S)
+        return x
+
+    def _sampler(self):
+        seed = int(np.random.SeedSequence([self.seed, len(self._told)]).generate_state(1)[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", self._optuna.exceptions.ExperimentalWarning)
+            return self._optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=self.n_startup_trials, multivariate=self.multivariate,
+                constant_liar=self.constant_liar)
+
+    def _get_study(self):
+        if self._study is None:
+            optuna = self._optuna
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            self._study = optuna.create_study(direction="minimize", sampler=self._sampler())
+            for t in self._told:
+                self._study.add_trial(optuna.trial.create_trial(
+                    params=dict(t["params"]), distributions=dict(self._dists), value=float(t["f"])))
+        return self._study
+
+    def _propose(self, n):
+        study = self._get_study()
+        if self._trials:  # a new ask of a different size: drop the untold trials of the last one
+            for t in self._trials:
+                study.tell(t, state=self._optuna.trial.TrialState.FAIL)
+            self._study, self._trials = None, None
+            study = self._get_study()
+        study.sampler = self._sampler()
+        self._trials = [study.ask(self._dists) for _ in range(n)]
+        xs = np.stack([self._params_to_x(t.params) for t in self._trials])
+        return xs, None
+
+    def _update(self, xs, fs, failed):
+        for t, f in zip(self._trials, fs):
+            self._study.tell(t, float(f))
+            self._told.append({"params": {k: float(v) for k, v in t.params.items()}, "f": float(f)})
+        self._trials = None
+
+    def _extra_state(self):
+        return {"told": [{"params": dict(t["params"]), "f": t["f"]} for t in self._told]}
+
+    def _load_extra_state(self, d):
+        self._told = [{"params": {k: float(v) for k, v in t["params"].items()}, "f": float(t["f"])}
+                      for t in d["told"]]
+        self._study, self._trials = None, None
+
+
+# ====================================================================== Hyperband
+def hyperband_brackets(max_budget: int, eta: int = 3, min_budget: int = 1) -> list[list[tuple[int, int]]]:
+    """The brackets of Hyperband (Li et al., 2017) as lists of rungs ``(n_configs, epochs)``.
+
+    s_max = ⌊log_η(R / r_min)⌋; bracket s = s_max..0 starts n = ⌈(s_max+1)/(s+1) · η^s⌉ configurations
+    at R·η^{-s} epochs; rung i keeps ⌊n η^{-i}⌋ configurations with R·η^{i-s} epochs (rounded to an
+    integer ≥ r_min; the last rung of every bracket is exactly R).
+    """
+    s_max = 0
+    while min_budget * eta ** (s_max + 1) <= max_budget:
+        s_max += 1
+    brackets = []
+    for s in range(s_max, -1, -1):
+        n = math.ceil((s_max + 1) / (s + 1) * eta ** s)
+        rungs = []
+        for i in range(s + 1):
+            n_i = n // eta ** i
+            r_i = max_budget if i == s else max(min_budget, int(round(max_budget * float(eta) ** (i - s))))
+            if n_i < 1:
+                break
+            rungs.append((n_i, r_i))
+        brackets.append(rungs)
+    return brackets
+
+
+class Hyperband(Searcher):
+    """Hyperband (Li et al., 2017): successive halving over brackets; the budget is epochs.
+
+    Configurations are sampled uniformly (as :class:`RandomSearch`); rung i of a bracket evaluates
+    its configurations with ``budget = epochs`` and keeps the best ⌊n_i/η⌋ for the next rung. After
+    the last bracket it starts over with new configurations. Each ask returns at most ``samples``
+    configurations of the current rung (``samples=None``: the whole rung), all with one budget.
+    Cost is recorded per evaluation as ``epochs / max_budget`` (full-training equivalents);
+    :meth:`best` only considers full-budget evaluations.
+    """
+
+    name = "hyperband"
+
+    def __init__(self, space, max_budget: int, samples: Optional[int] = 8, seed: int = 0, eta: int = 3,
+                 min_budget: int = 1, worst: Optional[float] = None):
+        super().__init__(space, 1 if samples is None else samples, seed, worst)
+        self.batch = None if samples is None else self.samples
+        self.max_budget = _check_int("max_budget", max_budget, 1)
+        self.eta = _check_int("eta", eta, 2)
+        self.min_budget = _check_int("min_budget", min_budget, 1)
+        if self.min_budget > self.max_budget:
+            raise ConfigError(f"min_budget: must be <= max_budget ({self.max_budget}), got {self.min_budget}")
+        self.brackets = hyperband_brackets(self.max_budget, self.eta, self.min_budget)
+        self.bracket = 0     # global bracket counter (the bracket run is brackets[bracket % len])
+        self.rung = 0
+        self._start_bracket()
+
+    def _start_bracket(self):
+        rungs = self.brackets[self.bracket % len(self.brackets)]
+        n = rungs[0][0]
+        theta = relaxation.theta_init(self.space)
+        xs = relaxation.sample(_key(self.seed, self.bracket), theta, self.space, n)
+        self.rung = 0
+        self.configs = [[float(v) for v in x] for x in np.asarray(xs, np.float64)]
+        self.results: list[float] = []
+
+    @property
+    def rung_budget(self) -> int:
+        return self.brackets[self.bracket % len(self.brackets)][self.rung][1]
+
+    def _propose(self, n):
+        lo = len(self.results)
+        xs = np.asarray(self.configs[lo:lo + n], np.float64)
+        return xs, self.rung_budget
+
+    def ask(self, n: Optional[int] = None):
+        """The next ≤ n configurations of the current rung and its epochs (default n: ``samples``,
+        or the rest of the rung when ``samples=None``)."""
+        if n is None:
+            n = self.batch if self.batch is not None else len(self.configs) - len(self.results)
+        return super().ask(n)
+
+    def _cost(self, budget):
+        return float(budget) / self.max_budget
+
+    def _update(self, xs, fs, failed):
+        self.results.extend(float(f) for f in fs)
+        if len(self.results) < len(self.configs):
+            return
+        rungs = self.brackets[self.bracket % len(self.brackets)]
+        if self.rung + 1 < len(rungs):
+            keep = rungs[self.rung + 1][0]                         # ⌊n_i / η⌋
+            order = np.argsort(np.asarray(self.results), kind="stable")[:keep]
+            self.configs = [self.configs[i] for i in order]
+            self.results = []
+            self.rung += 1
+        else:
+            self.bracket += 1
+            self._start_bracket()
+
+    def _extra_state(self):
+        return {"bracket": self.bracket, "rung": self.rung, "configs": self.configs, "results": self.results,
+                "max_budget": self.max_budget, "eta": self.eta, "min_budget": self.min_budget}
+
+    def _load_extra_state(self, d):
+        for k in ("max_budget", "eta", "min_budget"):
+            if d[k] != getattr(self, k):
+                raise ConfigError(f"state: saved with {k}={d[k]}, this searcher has {getattr(self, k)}")
+        self.bracket, self.rung = int(d["bracket"]), int(d["rung"])
+        self.configs = [[float(v) for v in x] for x in d["configs"]]
+        self.results = [float(f) for f in d["results"]]
+
+
+# ====================================================================== driver and factory
+class SearchResult(NamedTuple):
+    x: Optional[np.ndarray]   # best point (full budget, not failed)
+    f: float                  # its objective value
+    history: list             # every evaluation record
+
+
+def run_search(searcher: Searcher, objective: Callable, iterations: Optional[int] = None,
+               on_trial: Optional[Callable[[dict], None]] = None, max_cost: Optional[float] = None) -> SearchResult:
+    """Loop ask → objective → tell until ``searcher.iteration == iterations`` (a total, so that a
+    restored searcher continues where it stopped) or ``searcher.cost >= max_cost``.
+
+    ``objective(xs)`` is called (``objective(xs, budget=epochs)`` when the searcher asks for a budget);
+    NaN values mark failed trainings: they are recorded with ``failed: True`` and the worst value
+    (see :class:`Searcher`), and the search continues. ``on_trial(record)`` is called for every new
+    history record after the searcher has been told (so ``searcher.state_dict()`` is current).
+    """
+    if iterations is None and max_cost is None:
+        raise ConfigError("iterations: give iterations and/or max_cost")
+    if iterations is not None:
+        iterations = _check_int("iterations", iterations, 0)
+    while (iterations is None or searcher.iteration < iterations) and (
+            max_cost is None or searcher.cost < max_cost):
+        xs, budget = searcher.ask()
+        fs = objective(xs) if budget is None else objective(xs, budget=budget)
+        records = searcher.tell(xs, np.asarray(fs, np.float64).reshape(-1))
+        if on_trial is not None:
+            for r in records:
+                on_trial(r)
+    x, f = searcher.best()
+    return SearchResult(x, f, searcher.history)
+
+
+_FACTORY = {"newton": Newton, "gd": GD, "ng": NG, "random": RandomSearch, "tpe": TPE, "hyperband": Hyperband}
+_OPTIONS = {
+    "newton": Relaxation, "gd": Relaxation, "ng": Relaxation,
+    "random": RandomSearch, "tpe": TPE, "hyperband": Hyperband,
+}
+
+
+def make_searcher(algo: str, space, samples: int = 8, seed: int = 0, **opts) -> Searcher:
+    """The searcher ``algo`` (newton | gd | ng | random | tpe | hyperband) over ``space``.
+
+    ``opts`` are the keyword arguments of the class (e.g. ``rho``, ``eta``, ``L``, ``theta_min`` for
+    the relaxation searchers; ``max_budget`` is required for hyperband; ``worst`` for all).
+    """
+    if algo not in _FACTORY:
+        raise ConfigError(f"algo: unknown search algorithm {algo!r} (expected one of {', '.join(ALGOS)})")
+    params = inspect.signature(_OPTIONS[algo].__init__).parameters
+    allowed = set(params) - {"self", "space", "samples", "seed", "curvature"}
+    bad = sorted(set(opts) - allowed)
+    if bad:
+        raise ConfigError(f"{bad[0]}: not an option of the {algo} searcher (options: {', '.join(sorted(allowed))})")
+    if algo == "hyperband" and opts.get("max_budget") is None:
+        raise ConfigError("max_budget: hyperband needs the number of epochs of a full training")
+    return _FACTORY[algo](space, samples=samples, seed=seed, **opts)

@@ -1,0 +1,242 @@
+"""A schedule search as a run: the training objective, the run directory, resume, figures.
+
+The searchers (:mod:`s2e_jax.search`) know nothing of training: they see ``objective(xs) -> f``.
+This module builds that objective from the trainer — K sampled schedules are K trainings on one trial
+axis (:func:`s2e_jax.train.train_trials`) — and records every training in ``trials.jsonl``.
+
+Run directory (one per search; several algorithms may share it, each in its own folder)::
+
+    search_config.json            the resolved config (data, noise, epochs, space, seed)
+    <algo>/trials.jsonl           one line per training: x, R(t), f, val/test accuracy, label precision, seconds
+    <algo>/state.json             the searcher's state after each iteration (theta included)
+    <algo>/theta.jsonl            theta after each iteration (relaxation searchers)
+    <algo>/best_schedule.json     the best schedule, reusable by ``train --schedule``
+    schedule.png                  the learned R(t) of every algorithm against Co-teaching's (Figure 4)
+    search_efficiency.png         best validation accuracy against the number of trainings (Figure 6)
+
+A search killed at any moment resumes from its directory: the searcher state is written atomically
+after each iteration, trainings are appended (fsync'd) as they finish and are never run again, and
+every random draw is a function of (seed, iteration, trial), so the resumed search equals an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Optional
+
+import numpy as np
+
+from s2e_jax import runs, schedules, search
+from s2e_jax import train as train_lib
+from s2e_jax.config import ConfigError, TrainConfig, _check_choice, _check_int
+
+OBJECTIVES = ("error", "loss")
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """A schedule search (Algorithm 2 or a rival) on top of a training config."""
+
+    train: TrainConfig
+    algo: str = "newton"
+    space: str = "s2e"
+    iterations: int = 10        # M
+    samples: int = 8            # K
+    objective: str = "error"    # error: validation error at the last epoch (mean of the networks); loss: L_val
+    out: Optional[str] = None
+
+    def validate(self) -> "SearchConfig":
+        self.train.validate()
+        _check_choice("algo", self.algo, search.ALGOS)
+        schedules.get_space(self.space)
+        _check_int("iterations", self.iterations, 1)
+        _check_int("samples", self.samples, 1)
+        _check_choice("objective", self.objective, OBJECTIVES)
+        if self.train.method != "coteaching":
+            raise ConfigError(f"method: the search tunes R(t) of coteaching, got {self.train.method!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
+
+
+def _identity(cfg: SearchConfig) -> dict:
+    """What must match to resume into a directory (the data, the noise, the training, the seed)."""
+    t = cfg.train.to_dict()
+    for k in ("out", "progress", "net_form", "driver", "eval_batch_size"):
+        t.pop(k, None)
+    return dict(train=t, space=cfg.space, objective=cfg.objective)
+
+
+def trial_seed(seed: int, trial: int) -> int:
+    """The training seed of trial number ``trial``: independent of K and of interruptions."""
+    return (seed * 1_000_003 + trial) % (2**31 - 1)
+
+
+class TrainingObjective:
+    """``objective(xs [K, dim], budget=None) -> f [K]``: K trainings with the schedules ``xs``.
+
+    Finished trainings are cached by their trial number (``on_result`` persists them), so a resumed
+    search never runs one again.
+    """
+
+    def __init__(self, cfg: SearchConfig, prep: train_lib.Prepared, space, first_trial=0, cache=None,
+                 on_result=None):
+        self.cfg, self.prep, self.space = cfg, prep, space
+        self.next_trial = first_trial
+        self.cache = dict(cache or {})
+        self.on_result = on_result
+
+    def __call__(self, xs, budget=None):
+        T = self.cfg.train.epochs
+        epochs = T if budget is None else int(budget)
+        ids = list(range(self.next_trial, self.next_trial + len(xs)))
+        todo = [i for i, t in enumerate(ids) if t not in self.cache]
+        if todo:
+            t0 = time.time()
+            scheds = np.stack([np.asarray(self.space.decode(np.asarray(xs[i], np.float32), T)) for i in todo])
+            seeds = [trial_seed(self.cfg.train.seed, ids[i]) for i in todo]
+            m = train_lib.train_trials(self.prep, scheds, seeds, epochs=epochs)
+            secs = (time.time() - t0) / len(todo)
+            for j, i in enumerate(todo):
+                rec = self._record(ids[i], xs[i], {k: v[j] for k, v in m.items()}, epochs, secs)
+                self.cache[ids[i]] = rec
+                if self.on_result:
+                    self.on_result(rec)
+        self.next_trial += len(xs)
+        return np.asarray([np.nan if self.cache[t]["f"] is None else self.cache[t]["f"] for t in ids])
+
+    def _record(self, trial, x, m, epochs, secs):
+        val_acc, test_acc = m["val_acc"].mean(-1), m["test_acc"].mean(-1)
+        diverged = not np.all(np.isfinite(m["train_loss"]))
+        f = (1.0 - val_acc[-1]) if self.cfg.objective == "error" else float(m["val_loss"].mean(-1)[-1])
+        return dict(trial=trial, x=[float(v) for v in x], epochs=epochs, f=None if diverged else float(f),
+                    failed=diverged, val_acc=float(val_acc[-1]), best_val_acc=float(val_acc.max()),
+                    test_acc=float(test_acc[-1]), best_test_acc=float(test_acc.max()),
+                    last10_test_acc=float(test_acc[-10:].mean()),
+                    label_precision=float(m["label_precision"].mean(-1)[-1]),
+                    curve=[round(float(v), 5) for v in m["r"]], seconds=float(secs))
+
+
+def _searcher(cfg: SearchConfig, space):
+    opts = dict(worst=1.0) if cfg.objective == "error" else {}
+    if cfg.algo == "hyperband":
+        opts["max_budget"] = cfg.train.epochs
+    return search.make_searcher(cfg.algo, space, samples=cfg.samples, seed=cfg.train.seed, **opts)
+
+
+def run(cfg: SearchConfig, dataset=None) -> dict:
+    """Run (or resume) a search; returns the summary written to ``<algo>/result.json``."""
+    cfg.validate()
+    space = schedules.get_space(cfg.space)
+    root = runs.RunDir.open(cfg.out) if cfg.out else None
+    if root is not None:
+        ident = _identity(cfg)
+        if root.exists("search_config.json"):
+            old = root.read_json("search_config.json")
+            if old.get("identity") != ident:
+                raise ConfigError(f"out: {cfg.out} holds a search with other settings (data, noise, "
+                                  "training, space or seed); choose another --out")
+        elif os.listdir(root.root):
+            raise ConfigError(f"out: {cfg.out} exists and is not a search directory; nothing was overwritten")
+        else:
+            root.write_json("search_config.json", dict(identity=ident, config=cfg.to_dict()))
+    algo_dir = runs.RunDir.open(os.path.join(cfg.out, cfg.algo)) if root else None
+
+    searcher = _searcher(cfg, space)
+    cache = {}
+    if algo_dir is not None:
+        if algo_dir.exists("state.json"):
+            searcher.load_state_dict(algo_dir.read_json("state.json"))
+        cache = {r["trial"]: r for r in runs.read_jsonl(algo_dir.path("trials.jsonl"))}
+        _truncate_torn_line(algo_dir.path("trials.jsonl"))
+    done_trials = len(searcher.history)
+    if searcher.iteration >= cfg.iterations:
+        return _finish(cfg, searcher, space, algo_dir, root, cache)
+
+    prep = train_lib.prepare(cfg.train, dataset, rate=space.rate)
+
+    def on_result(rec):
+        rec = dict(rec, iteration=searcher.iteration, algo=cfg.algo)
+        cache[rec["trial"]] = rec
+        if algo_dir is not None:
+            runs.append_line(algo_dir.path("trials.jsonl"), json.dumps(rec))
+
+    objective = TrainingObjective(cfg, prep, space, done_trials, cache, on_result)
+    bar = runs.progress(cfg.iterations * cfg.samples, "trainings", enabled=cfg.train.progress,
+                        desc=f"{cfg.algo} search")
+    bar.update(done_trials) if done_trials else None
+
+    def after_tell(record):
+        bar.update(1, best_val_acc=1.0 - searcher.best()[1] if cfg.objective == "error" else -1)
+
+    while searcher.iteration < cfg.iterations:
+        search.run_search(searcher, objective, iterations=searcher.iteration + 1, on_trial=after_tell)
+        if algo_dir is not None:
+            algo_dir.write_json("state.json", searcher.state_dict())
+            if hasattr(searcher, "theta"):
+                runs.append_line(algo_dir.path("theta.jsonl"), json.dumps(
+                    dict(iteration=searcher.iteration, theta=[float(v) for v in searcher.theta])))
+    bar.close()
+    return _finish(cfg, searcher, space, algo_dir, root, cache)
+
+
+def _truncate_torn_line(path):
+    """Drop a partial last line left by a kill, so later appends stay valid JSONL."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        content = f.read()
+    if content and not content.endswith(b"\n"):
+        runs.atomic_write_text(path, content[: content.rfind(b"\n") + 1].decode())
+
+
+def _finish(cfg, searcher, space, algo_dir, root, cache):
+    x, f = searcher.best()
+    best_trial = None
+    if x is not None:
+        recs = [r for r in searcher.history if not r["failed"] and r["cost"] >= 1.0]
+        best_trial = cache.get(min(recs, key=lambda r: r["f"])["trial"])
+    summary = dict(algo=cfg.algo, space=cfg.space, iterations=searcher.iteration, samples=cfg.samples,
+                   trainings=len(searcher.history), cost=searcher.cost, best_f=float(f),
+                   best_x=None if x is None else [float(v) for v in x],
+                   best_val_acc=None if best_trial is None else best_trial["val_acc"],
+                   best_test_acc=None if best_trial is None else best_trial["test_acc"],
+                   best_label_precision=None if best_trial is None else best_trial["label_precision"])
+    if hasattr(searcher, "theta"):
+        summary["theta"] = [float(v) for v in searcher.theta]
+    if algo_dir is not None:
+        algo_dir.write_json("result.json", summary)
+        if x is not None:
+            schedules.save_schedule_file(algo_dir.path("best_schedule.json"), space, x, cfg.train.epochs,
+                                         algo=cfg.algo, f=float(f))
+        from s2e_jax import plots
+
+        plots.plot_search_dir(root.root, cfg.train.epochs, cfg.train.noise_rate)
+    return summary
+
+
+# ----------------------------------------------------------------------------------- CLI
+def add_parser(sub, add_train_args):
+    p = sub.add_parser("search", help="search R(t) (Algorithm 2 or a rival)")
+    add_train_args(p)
+    p.add_argument("--algo", default="newton", help=" | ".join(search.ALGOS))
+    p.add_argument("--space", default="s2e", help=" | ".join(schedules.SPACES))
+    p.add_argument("--iterations", type=int, default=10, help="M: iterations of the search")
+    p.add_argument("--samples", type=int, default=8, help="K: schedules (trainings) per iteration")
+    p.add_argument("--objective", default="error", help="error (validation error) | loss (validation CE)")
+    p.add_argument("--out", default=None, help="search directory (resumed if it holds this search)")
+    return p
+
+
+def run_from_args(args, config_from):
+    tcfg = config_from(args, method="coteaching").replace(out=None)
+    cfg = SearchConfig(tcfg, algo=args.algo, space=args.space, iterations=args.iterations,
+                       samples=args.samples, objective=args.objective, out=args.out)
+    summary = run(cfg)
+    print(json.dumps(summary, indent=2))

@@ -1,0 +1,362 @@
+"""Tests for s2e_jax.search: Newton / GD / NG (eq. 7, 8, Prop. 1, Assumption 3), random, TPE, Hyperband."""
+import ast
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from s2e_jax import relaxation, search
+from s2e_jax.config import ConfigError
+from s2e_jax.schedules import get_space
+
+S2E = get_space("s2e")
+T = 50
+# The hidden target of the synthetic objective: a fixed point x* of the S2E space.
+X_STAR = np.concatenate([[0.1, 0.6, 0.2, 0.1], np.random.default_rng(7).uniform(0.2, 0.8, 16)])
+
+
+@jax.jit
+def _curves(xs):
+    ts = jnp.arange(T, dtype=jnp.float32)
+
+    def one(x):
+        params = S2E.decode(x, T)
+        return jax.vmap(lambda t: S2E.rate(t, params, T))(ts)
+
+    return jax.vmap(one)(xs)
+
+
+TARGET = np.asarray(S2E.curve(X_STAR, T))
+
+
+def synthetic(xs):
+    """Mean squared distance between R(t; x) and the hidden target curve, t = 0..T−1."""
+    c = np.asarray(_curves(jnp.asarray(xs, jnp.float32)), np.float64)
+    return np.mean((c - TARGET) ** 2, axis=1)
+
+
+def cheap(xs):
+    """A fast deterministic objective for bookkeeping tests."""
+    xs = np.asarray(xs)
+    return np.sum((xs - 0.3) ** 2, axis=1)
+
+
+# ---------------------------------------------------------------- Assumption 3 safeguards
+def test_safeguard_makes_indefinite_matrix_positive_definite_with_bounded_spectrum():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(12, 12))
+    H = A + A.T                                   # indefinite
+    H[0, 1] += 0.5                                # and not exactly symmetric
+    lam = np.linalg.eigvalsh(0.5 * (H + H.T))
+    assert lam.min() < 0 < lam.max()
+    eta, L = 0.5, 3.0
+    G = search.safeguard(H, eta, L)
+    np.testing.assert_allclose(G, G.T, atol=1e-12)
+    mu = np.linalg.eigvalsh(G)
+    assert mu.min() >= eta - 1e-9 and mu.max() <= L + 1e-9
+    np.testing.assert_allclose(np.sort(mu), np.sort(np.clip(np.abs(lam), eta, L)), atol=1e-9)
+    # same eigenvectors as the symmetrized H
+    Hs = 0.5 * (H + H.T)
+    np.testing.assert_allclose(G @ Hs, Hs @ G, atol=1e-8)
+    # a well-conditioned positive-definite matrix is left unchanged
+    P = A @ A.T / 12 + np.eye(12)
+    assert np.linalg.eigvalsh(P).max() < 100
+    np.testing.assert_allclose(search.safeguard(P, 1e-3, 100.0), P, atol=1e-9)
+    g = rng.normal(size=12)
+    np.testing.assert_allclose(search.solve_safeguarded(H, g, eta, L), np.linalg.solve(G, g), atol=1e-9)
+
+
+def test_projection_keeps_theta_above_theta_min():
+    theta = np.array([0.2, 1.0, 3.0, -5.0])
+    np.testing.assert_array_equal(search.project(theta, 1.0), [1.0, 1.0, 3.0, 1.0])
+    s = search.make_searcher("gd", S2E, samples=8, seed=0, rho=50.0, theta_min=1.0)
+    search.run_search(s, synthetic, iterations=3)
+    assert s.theta.min() >= 1.0 and (s.theta > 1.0).any()
+
+
+# ---------------------------------------------------------------- eq. (7) and Proposition 1
+def _exact_J(theta):
+    # f(x) = α_0 + β_1 (a simplex and a box coordinate): J(θ) = θ_α0 / Σθ_α + a_1 / (a_1 + b_1)
+    c = theta[:4]
+    a, b = theta[4 + 2], theta[4 + 3]
+    return c[0] / c.sum() + a / (a + b)
+
+
+def _f_lin(xs):
+    return xs[:, 0] + xs[:, 5]
+
+
+THETA = np.linspace(1.0, 3.0, 36).astype(np.float32)
+_exact_grad = jax.jit(jax.grad(_exact_J))
+_exact_hessian = jax.jit(jax.hessian(_exact_J))
+
+
+@functools.lru_cache(maxsize=None)
+def _many_estimates(loo):
+    """search._estimate (eq. 7, Prop. 1) vmapped over independent batches."""
+    return jax.jit(jax.vmap(lambda th, x, f: search._estimate(th, x, f, 4, 16, loo), in_axes=(None, 0, 0)))
+
+
+def _batches_of_estimates(K, n, baseline, seed):
+    """``n`` independent estimates (g, H) from batches of K samples of p_θ, f(x) = α_0 + β_1."""
+    rng = np.random.default_rng(seed)
+    c, ab = THETA[:4].astype(np.float64), THETA[4:].astype(np.float64).reshape(16, 2)
+    alpha = rng.dirichlet(c, size=(n, K))
+    beta = rng.beta(ab[:, 0], ab[:, 1], size=(n, K, 16))
+    xs = np.concatenate([alpha, beta], -1).clip(relaxation.EPS, 1 - relaxation.EPS)
+    fs = xs[..., 0] + xs[..., 5]
+    gs, Hs = _many_estimates(baseline and K >= 2)(jnp.asarray(THETA), jnp.asarray(xs, jnp.float32),
+                                                   jnp.asarray(fs, jnp.float32))
+    # the public estimator gives the same numbers on one batch
+    g0, H0 = search.estimate(THETA, xs[0], fs[0], S2E, baseline=baseline)
+    np.testing.assert_allclose(g0, gs[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(H0, Hs[0], rtol=1e-5, atol=1e-6)
+    return np.asarray(gs, np.float64), np.asarray(Hs, np.float64)
+
+
+@pytest.mark.parametrize("K,baseline", [(8, True), (8, False), (2, True)])
+def test_gradient_and_hessian_estimators_are_unbiased(K, baseline):
+    g_true = np.asarray(_exact_grad(jnp.asarray(THETA)), np.float64)
+    H_true = np.asarray(_exact_hessian(jnp.asarray(THETA)), np.float64)
+    n = 8192 // K
+    gs, Hs = _batches_of_estimates(K, n, baseline, seed=K + baseline)
+    g_se = gs.std(0) / np.sqrt(n)
+    H_se = Hs.std(0) / np.sqrt(n)
+    # each entry within 5 standard errors (plus float32 slack); the entries that matter are non-zero
+    assert np.abs(g_true).max() > 0.05 and np.abs(H_true).max() > 0.01
+    assert np.all(np.abs(gs.mean(0) - g_true) <= 5 * g_se + 1e-4)
+    assert np.all(np.abs(Hs.mean(0) - H_true) <= 5 * H_se + 1e-4)
+    # and the estimates are informative: the relative error of the average is small
+    assert np.linalg.norm(gs.mean(0) - g_true) < 0.25 * np.linalg.norm(g_true)
+
+
+def test_sample_mean_baseline_would_be_biased_but_leave_one_out_is_not():
+    # With K = 2 the plain sample-mean baseline halves the gradient: (f_i − f̄) = (f_i − f_j)/2.
+    g_true = np.asarray(_exact_grad(jnp.asarray(THETA)), np.float64)
+    gs, _ = _batches_of_estimates(2, 4096, True, seed=11)
+    ratio = np.dot(gs.mean(0), g_true) / np.dot(g_true, g_true)
+    assert 0.85 < ratio < 1.15, ratio   # a sample-mean baseline would give ≈ 0.5
+
+
+@pytest.mark.parametrize("algo", ["newton", "gd", "ng"])
+def test_update_descends(algo):
+    # minimizing f(x) = α_0 + β_1 must move p_θ's mean of those coordinates down (sign of eq. 8)
+    s = search.make_searcher(algo, S2E, samples=8, seed=1)
+    before = float(_exact_J(np.asarray(s.theta)))
+    search.run_search(s, _f_lin, iterations=10)
+    after = float(_exact_J(np.asarray(s.theta)))
+    assert after < before - 0.1, (before, after)
+
+
+# ---------------------------------------------------------------- synthetic schedule-fitting objective
+def _run(algo, seed, M=30, K=8):
+    s = search.make_searcher(algo, S2E, samples=K, seed=seed)
+    res = search.run_search(s, synthetic, iterations=M)
+    fs = np.array([r["f"] for r in res.history])
+    assert len(fs) == M * K and s.cost == M * K
+    return res, fs
+
+
+def test_newton_on_synthetic_objective_reaches_threshold():
+    # Measured (10 seeds, M = 30, K = 8): best 0.5e-4..3.7e-4, mean f of the last 3 batches 0.013..0.030;
+    # under the uniform distribution E f ≈ 0.075.
+    res, fs = _run("newton", seed=0)
+    assert res.f < 1e-3
+    assert np.mean(fs[-24:]) < 0.045
+    np.testing.assert_allclose(synthetic(res.x[None])[0], res.f, rtol=1e-6)
+
+
+def test_newton_beats_random_search_on_average():
+    # Same number of evaluations (30 x 8); the relaxed objective E_θ f (estimated by the mean of the
+    # last 3 batches) of Newton is several times below random search's (measured 0.021 vs 0.072).
+    newton = [np.mean(_run("newton", seed)[1][-24:]) for seed in range(5)]
+    random = [np.mean(_run("random", seed)[1][-24:]) for seed in range(5)]
+    assert np.mean(newton) < 0.6 * np.mean(random), (newton, random)
+
+
+# ---------------------------------------------------------------- ask / tell bookkeeping
+def test_ask_is_idempotent_and_tell_checks_points():
+    s = search.make_searcher("newton", S2E, samples=8, seed=0)
+    xs, budget = s.ask()
+    assert xs.shape == (8, 20) and budget is None
+    np.testing.assert_array_equal(s.ask()[0], xs)
+    with pytest.raises(ConfigError, match="tell"):
+        s.tell(xs + 0.01, cheap(xs))
+    with pytest.raises(ConfigError, match="tell"):
+        s.tell(xs, cheap(xs)[:3])
+    recs = s.tell(xs, cheap(xs))
+    assert [r["trial"] for r in recs] == list(range(8)) and s.iteration == 1
+    assert set(recs[0]) >= {"iteration", "x", "f", "budget", "failed", "cost"}
+    with pytest.raises(ConfigError, match="tell"):
+        s.tell(xs, cheap(xs))   # nothing pending
+    # a first Newton batch is the first random-search batch (same seed): a fair comparison
+    np.testing.assert_array_equal(search.make_searcher("random", S2E, samples=8, seed=0).ask()[0], xs)
+
+
+@pytest.mark.parametrize("algo", ["newton", "ng", "random", "tpe", "hyperband"])
+def test_resume_gives_identical_run(algo):
+    opts = {"max_budget": 9} if algo == "hyperband" else {}
+    K = 4 if algo == "tpe" else 8   # (K = 8 shares compilations with the other tests)
+
+    def make():
+        return search.make_searcher(algo, S2E, samples=K, seed=3, **opts)
+
+    full = make()
+    asked_full = []
+    for _ in range(6):
+        xs, b = full.ask()
+        asked_full.append((xs, b))
+        full.tell(xs, cheap(xs))
+
+    part = make()
+    for _ in range(3):
+        xs, _ = part.ask()
+        part.tell(xs, cheap(xs))
+    state = json.loads(json.dumps(part.state_dict()))
+    resumed = make().load_state_dict(state)
+    for i in range(3, 6):
+        xs, b = resumed.ask()
+        np.testing.assert_array_equal(xs, asked_full[i][0])
+        assert b == asked_full[i][1]
+        resumed.tell(xs, cheap(xs))
+    assert resumed.history == full.history
+    assert resumed.state_dict() == json.loads(json.dumps(full.state_dict()))
+    if algo in ("newton", "ng"):
+        np.testing.assert_array_equal(resumed.theta, full.theta)
+        assert not np.allclose(full.theta, 1.0)
+
+
+def test_load_state_checks_algorithm():
+    s = search.make_searcher("random", S2E, samples=4)
+    with pytest.raises(ConfigError, match="state"):
+        search.make_searcher("newton", S2E, samples=4).load_state_dict(s.state_dict())
+
+
+def test_failed_trainings_are_recorded_and_search_continues():
+    calls = []
+
+    def flaky(xs):
+        fs = synthetic(xs)
+        fs[::3] = np.nan        # every third training fails
+        if len(calls) == 2:
+            fs[:] = np.nan      # a batch where everything fails
+        calls.append(1)
+        return fs
+
+    seen = []
+    s = search.make_searcher("newton", S2E, samples=8, seed=0)
+    res = search.run_search(s, flaky, iterations=6, on_trial=seen.append)
+    assert len(seen) == 48 and seen == res.history
+    failed = [r for r in res.history if r["failed"]]
+    assert len(failed) == 8 + 5 * 3
+    ok_fs = [r["f"] for r in res.history if not r["failed"]]
+    for r in failed:   # replaced by the worst finite value seen so far
+        assert np.isfinite(r["f"]) and r["f"] <= max(ok_fs) + 1e-12
+    assert np.isfinite(s.theta).all() and s.iteration == 6
+    assert not any(r["failed"] for r in res.history if r["f"] == res.f)
+    # a configured worst value (e.g. error rate 1.0)
+    s = search.make_searcher("random", S2E, samples=8, seed=0, worst=1.0)
+    res = search.run_search(s, flaky, iterations=1)
+    assert [r["f"] for r in res.history if r["failed"]] == [1.0, 1.0, 1.0]
+
+
+def test_run_search_iterations_is_a_total_and_max_cost():
+    s = search.make_searcher("random", S2E, samples=4, seed=0)
+    search.run_search(s, cheap, iterations=2)
+    res = search.run_search(s, cheap, iterations=5)
+    assert s.iteration == 5 and len(res.history) == 20
+    assert res.f == min(r["f"] for r in res.history)
+    s = search.make_searcher("random", S2E, samples=4, seed=0)
+    search.run_search(s, cheap, max_cost=10)
+    assert s.cost == 12
+    with pytest.raises(ConfigError, match="iterations"):
+        search.run_search(s, cheap)
+
+
+# ---------------------------------------------------------------- Hyperband
+def test_hyperband_brackets():
+    assert search.hyperband_brackets(9, 3) == [[(9, 1), (3, 3), (1, 9)], [(5, 3), (1, 9)], [(3, 9)]]
+    b27 = search.hyperband_brackets(27, 3)
+    assert b27[0] == [(27, 1), (9, 3), (3, 9), (1, 27)] and b27[-1] == [(4, 27)] and len(b27) == 4
+    assert [r[-1][1] for r in search.hyperband_brackets(200, 3)] == [200] * 5   # s_max = 4
+    assert search.hyperband_brackets(200, 3)[0][0] == (81, 2)
+
+
+def test_hyperband_runs_rungs_with_epoch_budgets_and_keeps_the_best():
+    calls = []
+
+    def objective(xs, budget):
+        calls.append((len(xs), budget))
+        return xs[:, 0] + 0.0 * budget
+
+    s = search.make_searcher("hyperband", S2E, samples=None, seed=0, max_budget=9)
+    rungs = []
+    for _ in range(6):     # one full cycle of the three brackets: 3 + 2 + 1 rungs
+        xs, budget = s.ask()
+        rungs.append(xs)
+        s.tell(xs, objective(xs, budget))
+    assert calls == [(9, 1), (3, 3), (1, 9), (5, 3), (1, 9), (3, 9)]
+    # successive halving keeps the best ⌊n/η⌋
+    np.testing.assert_array_equal(rungs[1], rungs[0][np.argsort(rungs[0][:, 0])[:3]])
+    np.testing.assert_array_equal(rungs[2], rungs[1][:1])
+    # cost in full-training equivalents: Σ n·r / R
+    assert s.cost == pytest.approx((9 * 1 + 3 * 3 + 1 * 9 + 5 * 3 + 1 * 9 + 3 * 9) / 9)
+    assert len(s.history) == 22
+    # best is taken among full-budget evaluations only
+    full = [r for r in s.history if r["budget"] == 9]
+    assert s.best()[1] == min(r["f"] for r in full)
+    # the next cycle starts with new configurations
+    assert s.ask()[1] == 1 and s.bracket == 3
+
+
+def test_hyperband_batches_and_driver_passes_budget():
+    calls = []
+
+    def objective(xs, budget=None):
+        calls.append((len(xs), budget))
+        return cheap(xs)
+
+    s = search.make_searcher("hyperband", S2E, samples=4, seed=0, max_budget=9)
+    search.run_search(s, objective, max_cost=5.0)
+    assert calls[:5] == [(4, 1), (4, 1), (1, 1), (3, 3), (1, 9)]
+    assert s.history[-1]["cost"] == 1.0 and s.history[0]["cost"] == pytest.approx(1 / 9)
+
+
+# ---------------------------------------------------------------- TPE and factory
+def test_tpe_maps_uniforms_to_the_simplex_and_improves():
+    s = search.make_searcher("tpe", S2E, samples=4, seed=0, n_startup_trials=8)
+    res = search.run_search(s, cheap, iterations=8)
+    xs = np.array([r["x"] for r in res.history])
+    np.testing.assert_allclose(xs[:, :4].sum(1), 1.0, atol=1e-9)
+    assert xs.min() >= 0 and xs.max() <= 1
+    fs = cheap(xs)
+    assert np.mean(fs[-8:]) < np.mean(fs[:8])
+
+
+def test_make_searcher_validation():
+    with pytest.raises(ConfigError, match="^algo: unknown"):
+        search.make_searcher("bohb", S2E)
+    with pytest.raises(ConfigError, match="^rho"):
+        search.make_searcher("newton", S2E, rho=-1.0)
+    with pytest.raises(ConfigError, match="^L"):
+        search.make_searcher("newton", S2E, eta=1.0, L=0.5)
+    with pytest.raises(ConfigError, match="^max_budget"):
+        search.make_searcher("hyperband", S2E)
+    with pytest.raises(ConfigError, match="^lr"):
+        search.make_searcher("random", S2E, lr=0.1)
+    with pytest.raises(ConfigError, match="^samples"):
+        search.make_searcher("newton", S2E, samples=0)
+    for algo in search.ALGOS:
+        opts = {"max_budget": 9} if algo == "hyperband" else {}
+        assert search.make_searcher(algo, S2E, **opts).name == algo
+
+
+def test_optuna_is_imported_lazily():
+    # no module-level import of optuna (the package must work without it unless TPE is used)
+    tree = ast.parse(open(search.__file__).read())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = [a.name for n in top for a in n.names] + [n.module for n in top if isinstance(n, ast.ImportFrom)]
+    assert "numpy" in names and not any(name and name.split(".")[0] == "optuna" for name in names)

@@ -1,0 +1,167 @@
+"""The trainer: Algorithm 1 with Co-teaching, its forms and drivers, compile-once, determinism."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from s2e_jax import data as data_lib
+from s2e_jax import schedules, selection
+from s2e_jax import train as T
+from s2e_jax.config import TrainConfig
+from s2e_jax.models import get_model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data_lib.load_dataset("digits")
+
+
+def _cfg(**kw):
+    base = dict(dataset="digits", noise="symmetric", noise_rate=0.5, epochs=3, batch_size=64,
+                decay_start=1, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _run(prep, seed=0, sched=None, epochs=None):
+    carry = T.init_carry(prep, seed, sched)
+    rows = []
+    for _ in range(epochs or prep.trainer.epochs):
+        carry, m = prep.trainer.run_epoch(carry, prep.data)
+        rows.append(T._host(m))
+    return carry, T._stack_epochs(rows)
+
+
+def test_network_1_learns_only_from_network_2s_kept_samples(digits):
+    prep = T.prepare(_cfg(method="coteaching"), digits)
+    tr = prep.trainer
+    carry = T.init_carry(prep, 0)
+    idx = jnp.arange(64)
+    xb = T.normalize(prep.data.x_train[idx], prep.data.mean, prep.data.std)
+    yb = prep.data.y_train[idx]
+    r = 0.5
+    g, (_, kept, _) = jax.grad(tr.loss, has_aux=True)(carry.params, carry.batch_stats, xb, yb, r,
+                                                       jax.random.PRNGKey(0))
+    kept = np.asarray(kept).astype(bool)
+    assert (kept[0] != kept[1]).any(), "the two networks must keep different samples here"
+
+    def net_loss(p, i, mask):  # network i's plain mean CE over the samples in mask
+        logits = tr.model.apply({"params": p}, xb)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+        return (ce * mask).sum() / mask.sum()
+
+    take = lambda i: jax.tree_util.tree_map(lambda a: a[i], carry.params)  # noqa: E731
+    g0 = jax.grad(net_loss)(take(0), 0, jnp.asarray(kept[1], jnp.float32))
+    g1 = jax.grad(net_loss)(take(1), 1, jnp.asarray(kept[0], jnp.float32))
+    for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a: a[0], g))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a: a[1], g))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # and not from its own kept set
+    g_own = jax.grad(net_loss)(take(0), 0, jnp.asarray(kept[0], jnp.float32))
+    assert not np.allclose(jax.tree_util.tree_leaves(g_own)[0], jax.tree_util.tree_leaves(g0)[0])
+
+
+def test_coteaching_with_R_one_equals_two_standard_trainings(digits):
+    cot = T.prepare(_cfg(method="coteaching", tau=0.0), digits)
+    std = T.prepare(_cfg(method="standard"), digits)
+    k_init, k_data = jax.random.split(jax.random.PRNGKey(0))
+    net_keys, _ = T.seed_keys(0, 2)
+
+    def run(prep, keys):
+        carry = prep.trainer.init(keys, k_data, prep.sched, prep.data.x_train)
+        for _ in range(2):
+            carry, m = prep.trainer.run_epoch(carry, prep.data)
+        return T._host(m)
+
+    m2 = run(cot, net_keys)
+    for i in range(2):
+        m1 = run(std, net_keys[i:i + 1])
+        np.testing.assert_allclose(m2["train_loss"][i], m1["train_loss"][0], rtol=1e-4)
+        np.testing.assert_allclose(m2["val_loss"][i], m1["val_loss"][0], rtol=1e-4)
+        np.testing.assert_allclose(m2["test_acc"][i], m1["test_acc"][0], atol=1e-6)
+
+
+def test_same_seed_same_metrics_other_seed_differs(digits):
+    prep = T.prepare(_cfg(), digits)
+    _, a = _run(prep, 0)
+    _, b = _run(prep, 0)
+    _, c = _run(prep, 1)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(a["train_loss"], c["train_loss"])
+
+
+def test_compiles_once_for_a_run_and_for_two_schedules(digits):
+    prep = T.prepare(_cfg(epochs=4), digits)
+    _run(prep, 0)
+    _run(prep, 1, sched=np.asarray([0.2, 5.0, 2.0], np.float32))
+    assert prep.trainer.epoch_fn._cache_size() == 1
+
+
+def test_loop_driver_compiles_once(digits):
+    prep = T.prepare(_cfg(epochs=3, driver="loop"), digits)
+    _run(prep, 0)
+    _run(prep, 1, sched=np.asarray([0.2, 5.0, 2.0], np.float32))
+    assert prep.trainer.step_fn._cache_size() == 1
+    assert prep.trainer.begin_fn._cache_size() == 1
+
+
+@pytest.mark.parametrize("form", ["unroll", "fused"])
+def test_net_forms_and_drivers_agree_mlp(digits, form):
+    ref = _run(T.prepare(_cfg(net_form="vmap", driver="scan"), digits))[1]
+    for driver in ("scan", "loop"):
+        got = _run(T.prepare(_cfg(net_form=form, driver=driver), digits))[1]
+        for k in ("train_loss", "val_loss", "label_precision"):
+            np.testing.assert_allclose(got[k], ref[k], rtol=2e-4, atol=1e-5)
+
+
+def _cifar_like(n=192, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    x = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+    return data_lib.Dataset("cifar_like", x, y, y, x[:64], y[:64], x[64:128], y[64:128], 10)
+
+
+@pytest.mark.parametrize("model", ["model1", "model3"])
+def test_net_forms_and_drivers_agree_conv(model):
+    ds = _cifar_like()
+    cfg = _cfg(dataset="cifar_like", model=model, epochs=2, batch_size=32, eval_batch_size=32)
+    ref = _run(T.prepare(cfg.replace(net_form="vmap", driver="scan"), ds))[1]
+    for form, driver in (("unroll", "loop"), ("fused", "loop"), ("fused", "scan")):
+        got = _run(T.prepare(cfg.replace(net_form=form, driver=driver), ds))[1]
+        for k in ("train_loss", "val_loss"):
+            np.testing.assert_allclose(got[k], ref[k], rtol=2e-3, atol=1e-4)
+
+
+def test_trials_in_one_program_equal_separate_trainings(digits):
+    prep = T.prepare(_cfg(epochs=2), digits)
+    scheds = np.asarray([[0.5, 10.0, 1.0], [0.3, 2.0, 2.0]], np.float32)
+    many = T.train_trials(prep, scheds, [3, 4])
+    for i, (s, sc) in enumerate(zip([3, 4], scheds)):
+        _, one = _run(prep, s, sc)
+        for k in ("train_loss", "test_acc", "label_precision", "r"):
+            np.testing.assert_allclose(many[k][i], one[k], rtol=2e-4, atol=1e-5)
+
+
+def test_schedule_is_eq1_with_noise_rate_default(digits):
+    prep = T.prepare(_cfg(method="coteaching", noise_rate=0.4, epochs=3), digits)
+    _, m = _run(prep)
+    np.testing.assert_allclose(m["r"], [1.0, 1 - 0.4 * 0.1, 1 - 0.4 * 0.2], rtol=1e-6)
+    # the kept fraction follows floor(R(t) * B) / B
+    np.testing.assert_allclose(m["kept_fraction"][:, 0], np.floor(m["r"] * 64) / 64, atol=1e-6)
+
+
+def test_adam_plan_matches_coteaching_code():
+    lr, b1 = T.adam_plan(jnp.arange(200), lr=1e-3, epochs=200, decay_start=80, beta1=0.9, beta1_late=0.1)
+    lr, b1 = np.asarray(lr), np.asarray(b1)
+    assert lr[79] == pytest.approx(1e-3) and lr[80] == pytest.approx(1e-3) and lr[140] == pytest.approx(0.5e-3)
+    assert b1[79] == pytest.approx(0.9) and b1[80] == pytest.approx(0.1)
+
+
+def test_batch_larger_than_data(digits):
+    from s2e_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="batch_size"):
+        T.prepare(_cfg(batch_size=5000), digits)
