@@ -169,6 +169,13 @@ class Searcher:
         """Total cost so far in full-training equivalents (= number of trainings unless Hyperband)."""
         return float(sum(r["cost"] for r in self.history))
 
+    def summary(self) -> dict:
+        """Counts for logs: trainings (evaluations), objective calls, cost in full-training
+        equivalents (differs from trainings for Hyperband), failed trainings and the best value."""
+        return {"algo": self.name, "iterations": self.iteration, "objective_calls": self.iteration,
+                "trainings": len(self.history), "cost": self.cost,
+                "failed": sum(1 for r in self.history if r["failed"]), "best_f": self.best()[1]}
+
     def best(self):
         """``(x, f)`` of the best non-failed evaluation at full budget (``(None, inf)`` if none)."""
         recs = [r for r in self.history if not r["failed"] and r["cost"] >= 1.0]
@@ -193,9 +200,9 @@ class Searcher:
             raise ConfigError(f"state: saved by algo {d.get('algo')!r}, cannot load into {self.name!r}")
         if d.get("dim") != self.dim:
             raise ConfigError(f"state: saved for a space of dimension {d.get('dim')}, this space has {self.dim}")
+        if d.get("samples") != self.samples:
+            raise ConfigError(f"state: saved with samples={d.get('samples')}, this searcher has {self.samples}")
         self.seed = int(d["seed"])
-        self.samples = int(d["samples"])
-        self.worst = d.get("worst")
         self.iteration = int(d["iteration"])
         self.history = [dict(r) for r in d["history"]]
         self._pending = None
@@ -204,20 +211,24 @@ class Searcher:
 
 
 # ====================================================================== stochastic relaxation (eq. 6-8)
-@functools.partial(jax.jit, static_argnums=(3, 4, 5))
-def _estimate(theta, xs, fs, S, B, loo):
-    """Monte Carlo ∇J (eq. 7) and ∇²J (Proposition 1) from K samples and their objective values."""
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _estimate(theta, xs, w, S, B):
+    """Monte Carlo ∇J (eq. 7) and ∇²J (Proposition 1) from K samples and their weights w_i."""
     s = jax.vmap(jax.grad(relaxation._log_prob), in_axes=(None, 0, None, None))(theta, xs, S, B)     # [K, P]
     h = jax.vmap(jax.hessian(relaxation._log_prob), in_axes=(None, 0, None, None))(theta, xs, S, B)  # [K, P, P]
-    K = fs.shape[0]
-    if loo:
-        # leave-one-out baseline b_i = mean_{j≠i} f_j: f_i − b_i = K/(K−1) (f_i − mean f)
-        w = (fs - jnp.mean(fs)) * (K / (K - 1.0))
-    else:
-        w = fs
     g = jnp.mean(w[:, None] * s, axis=0)                                               # eq. (7)
     H = jnp.mean(w[:, None, None] * (h + s[:, :, None] * s[:, None, :]), axis=0)       # Proposition 1
     return g, H
+
+
+def weights(fs, baseline: bool = True) -> np.ndarray:
+    """w_i = f_i − b_i with the leave-one-out baseline b_i = mean_{j≠i} f_j (= K/(K−1)·(f_i − f̄)),
+    or w_i = f_i without baseline (or when K = 1)."""
+    fs = np.asarray(fs, np.float64)
+    K = len(fs)
+    if not baseline or K < 2:
+        return fs
+    return (fs - fs.mean()) * (K / (K - 1.0))
 
 
 def estimate(theta, xs, fs, space, baseline: bool = True):
@@ -225,15 +236,14 @@ def estimate(theta, xs, fs, space, baseline: bool = True):
 
     g = 1/K Σ w_i ∇log p_θ(x_i),  H = 1/K Σ w_i [∇²log p_θ(x_i) + ∇log p_θ(x_i) ∇log p_θ(x_i)ᵀ],
     with w_i = f(x_i), or with ``baseline`` (K ≥ 2) w_i = f(x_i) − b_i, b_i the mean of the other
-    K − 1 values (leave-one-out). Because E[∇log p] = 0 and E[∇²log p + ∇log p ∇log pᵀ] = ∇²∫p = 0,
-    subtracting a b_i independent of x_i leaves both expectations unchanged: the leave-one-out
-    estimators stay exactly unbiased while their variance drops (the plain sample-mean baseline would
-    be biased by O(1/K)).
+    K − 1 values (leave-one-out, :func:`weights`). Because E[∇log p] = 0 and
+    E[∇²log p + ∇log p ∇log pᵀ] = ∇²∫p = 0, subtracting a b_i independent of x_i leaves both
+    expectations unchanged: the leave-one-out estimators stay exactly unbiased while their variance
+    drops (the plain sample-mean baseline would be biased by a factor (K−1)/K, i.e. O(1/K)).
     """
     S, B = relaxation.sizes(space)
-    fs = np.asarray(fs, np.float64)
-    loo = bool(baseline) and len(fs) >= 2
-    g, H = _estimate(relaxation._float(theta), relaxation._float(xs), relaxation._float(fs), S, B, loo)
+    w = weights(fs, baseline)
+    g, H = _estimate(relaxation._float(theta), relaxation._float(xs), relaxation._float(w), S, B)
     return np.asarray(g, np.float64), np.asarray(H, np.float64)
 
 
@@ -279,9 +289,16 @@ class Relaxation(Searcher):
     Eq. (8) in the paper prints ``θ + ρ H⁻¹ ∇J``; for the minimization of J in (6) the step must go
     against the gradient (the "−" of eq. 9), which is what is implemented.
 
-    This implements the paper. The authors' released code differs: it forms the update from the
-    single best sample of the batch and multiplies the gradient elementwise by the (diagonal of the)
-    curvature instead of solving H⁻¹g.
+    This implements the paper (eq. 7, Proposition 1, eq. 8, Assumption 3). The authors' released
+    code (as reviewed for this project; not re-checked here) differs: it builds the update from the
+    single best sample of each batch and multiplies the gradient elementwise by the curvature instead
+    of solving H⁻¹g.
+
+    Defaults (measured on the synthetic schedule-fitting objective of ``tests/test_search.py``):
+    ρ = 1 (the undamped Newton / natural-gradient step; ρ = 2..4 concentrated p_θ faster there, see
+    the project notes), η = 0.1 and L = 1e3 (with ``normalize`` the eigenvalues of the Proposition 1
+    estimate were 1e-9..30: η caps the amplification of any direction at 1/η = 10, L is a formal
+    bound that is rarely active), θ_min = 1 (as the authors' release: p_θ never becomes U-shaped).
 
     Args (besides :class:`Searcher`'s):
       curvature: ``'newton'`` | ``'gd'`` | ``'ng'``.
@@ -289,12 +306,14 @@ class Relaxation(Searcher):
       eta, L: eigenvalue bounds η ≤ σ(H) ≤ L of Assumption 3 (newton, ng).
       theta_min: lower bound of θ after each update (1 as in the authors' release).
       baseline: subtract the leave-one-out mean of f (unbiased variance reduction, see :func:`estimate`).
-      normalize: divide f by its sample standard deviation before estimating. This does not change
-        the Newton direction H⁻¹g (both scale alike) but makes ρ, η, L independent of the units of f
-        (error rates differ by 1e-3..1e-1 between schedules); for GD it is a scale-free step size.
+      normalize: divide f by its sample standard deviation before estimating. Scaling f by c > 0
+        scales both eq. (7) and Prop. 1 by c, so the Newton direction H⁻¹g is unchanged, but ρ, η, L
+        become independent of the units of f (validation errors of schedules differ by 1e-3..1e-1);
+        for GD and NG it makes the step size scale-free. (The per-batch std is itself random, so
+        the normalized estimates are unbiased only up to that positive factor.)
     """
 
-    DEFAULT_RHO = {"newton": 1.0, "gd": 1.0, "ng": 1.0}
+    DEFAULT_RHO = {"newton": 1.0, "gd": 1.0, "ng": 1.0}  # with normalize=True; the one place to change them
 
     def __init__(self, space, samples: int = 8, seed: int = 0, curvature: str = "newton",
                  rho: Optional[float] = None, eta: float = 0.1, L: float = 1e3,
@@ -350,7 +369,9 @@ class Relaxation(Searcher):
         return np.asarray(relaxation.mean(self.theta, self.space), np.float64)
 
     def _extra_state(self):
-        return {"theta": [float(v) for v in self.theta]}
+        return {"theta": [float(v) for v in self.theta],
+                "options": {"rho": self.rho, "eta": self.eta, "L": self.L, "theta_min": self.theta_min,
+                            "baseline": self.baseline, "normalize": self.normalize}}
 
     def _load_extra_state(self, d):
         theta = np.asarray(d["theta"], np.float64)
@@ -590,14 +611,16 @@ class SearchResult(NamedTuple):
 
 
 def run_search(searcher: Searcher, objective: Callable, iterations: Optional[int] = None,
-               on_trial: Optional[Callable[[dict], None]] = None, max_cost: Optional[float] = None) -> SearchResult:
+               on_trial: Optional[Callable[[dict], None]] = None, max_cost: Optional[float] = None,
+               on_iteration: Optional[Callable[[Searcher, list], None]] = None) -> SearchResult:
     """Loop ask → objective → tell until ``searcher.iteration == iterations`` (a total, so that a
     restored searcher continues where it stopped) or ``searcher.cost >= max_cost``.
 
     ``objective(xs)`` is called (``objective(xs, budget=epochs)`` when the searcher asks for a budget);
     NaN values mark failed trainings: they are recorded with ``failed: True`` and the worst value
     (see :class:`Searcher`), and the search continues. ``on_trial(record)`` is called for every new
-    history record after the searcher has been told (so ``searcher.state_dict()`` is current).
+    history record after the searcher has been told (so ``searcher.state_dict()`` is current), and
+    ``on_iteration(searcher, records)`` once per ask/tell round (e.g. to checkpoint the state).
     """
     if iterations is None and max_cost is None:
         raise ConfigError("iterations: give iterations and/or max_cost")
@@ -611,6 +634,8 @@ def run_search(searcher: Searcher, objective: Callable, iterations: Optional[int
         if on_trial is not None:
             for r in records:
                 on_trial(r)
+        if on_iteration is not None:
+            on_iteration(searcher, records)
     x, f = searcher.best()
     return SearchResult(x, f, searcher.history)
 

@@ -1,6 +1,5 @@
 """Tests for s2e_jax.search: Newton / GD / NG (eq. 7, 8, Prop. 1, Assumption 3), random, TPE, Hyperband."""
 import ast
-import functools
 import json
 
 import jax
@@ -94,10 +93,8 @@ _exact_grad = jax.jit(jax.grad(_exact_J))
 _exact_hessian = jax.jit(jax.hessian(_exact_J))
 
 
-@functools.lru_cache(maxsize=None)
-def _many_estimates(loo):
-    """search._estimate (eq. 7, Prop. 1) vmapped over independent batches."""
-    return jax.jit(jax.vmap(lambda th, x, f: search._estimate(th, x, f, 4, 16, loo), in_axes=(None, 0, 0)))
+# search._estimate (eq. 7, Prop. 1) vmapped over independent batches
+_many_estimates = jax.jit(jax.vmap(lambda th, x, w: search._estimate(th, x, w, 4, 16), in_axes=(None, 0, 0)))
 
 
 def _batches_of_estimates(K, n, baseline, seed):
@@ -108,8 +105,8 @@ def _batches_of_estimates(K, n, baseline, seed):
     beta = rng.beta(ab[:, 0], ab[:, 1], size=(n, K, 16))
     xs = np.concatenate([alpha, beta], -1).clip(relaxation.EPS, 1 - relaxation.EPS)
     fs = xs[..., 0] + xs[..., 5]
-    gs, Hs = _many_estimates(baseline and K >= 2)(jnp.asarray(THETA), jnp.asarray(xs, jnp.float32),
-                                                   jnp.asarray(fs, jnp.float32))
+    ws = np.stack([search.weights(f, baseline) for f in fs])
+    gs, Hs = _many_estimates(jnp.asarray(THETA), jnp.asarray(xs, jnp.float32), jnp.asarray(ws, jnp.float32))
     # the public estimator gives the same numbers on one batch
     g0, H0 = search.estimate(THETA, xs[0], fs[0], S2E, baseline=baseline)
     np.testing.assert_allclose(g0, gs[0], rtol=1e-5, atol=1e-6)
@@ -229,10 +226,14 @@ def test_resume_gives_identical_run(algo):
         assert not np.allclose(full.theta, 1.0)
 
 
-def test_load_state_checks_algorithm():
+def test_load_state_checks_algorithm_and_batch_size():
     s = search.make_searcher("random", S2E, samples=4)
     with pytest.raises(ConfigError, match="state"):
         search.make_searcher("newton", S2E, samples=4).load_state_dict(s.state_dict())
+    with pytest.raises(ConfigError, match="state: saved with samples=4"):
+        search.make_searcher("random", S2E, samples=8).load_state_dict(s.state_dict())
+    with pytest.raises(ConfigError, match="state"):
+        search.make_searcher("random", get_space("coteaching"), samples=4).load_state_dict(s.state_dict())
 
 
 def test_failed_trainings_are_recorded_and_search_continues():
@@ -266,8 +267,9 @@ def test_failed_trainings_are_recorded_and_search_continues():
 def test_run_search_iterations_is_a_total_and_max_cost():
     s = search.make_searcher("random", S2E, samples=4, seed=0)
     search.run_search(s, cheap, iterations=2)
-    res = search.run_search(s, cheap, iterations=5)
-    assert s.iteration == 5 and len(res.history) == 20
+    rounds = []
+    res = search.run_search(s, cheap, iterations=5, on_iteration=lambda srch, recs: rounds.append(len(recs)))
+    assert s.iteration == 5 and len(res.history) == 20 and rounds == [4, 4, 4]
     assert res.f == min(r["f"] for r in res.history)
     s = search.make_searcher("random", S2E, samples=4, seed=0)
     search.run_search(s, cheap, max_cost=10)
@@ -323,6 +325,10 @@ def test_hyperband_batches_and_driver_passes_budget():
     search.run_search(s, objective, max_cost=5.0)
     assert calls[:5] == [(4, 1), (4, 1), (1, 1), (3, 3), (1, 9)]
     assert s.history[-1]["cost"] == 1.0 and s.history[0]["cost"] == pytest.approx(1 / 9)
+    summary = s.summary()   # stopped once the cost reached 5 full trainings
+    assert summary["objective_calls"] == len(calls) and summary["trainings"] == sum(n for n, _ in calls)
+    assert summary["cost"] == pytest.approx(sum(n * b for n, b in calls) / 9)
+    assert 5.0 <= summary["cost"] < 5.0 + 1.0 and summary["trainings"] > summary["cost"]
 
 
 # ---------------------------------------------------------------- TPE and factory

@@ -1,0 +1,70 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from s2e_jax import schedules
+from s2e_jax.config import ConfigError
+
+
+@pytest.mark.parametrize("name", ["s2e", "coteaching", "single1", "single2", "single3", "single4", "rbf", "mlp"])
+def test_every_space_stays_in_range_with_R0_equal_1(name):
+    space = schedules.get_space(name)
+    rng = np.random.default_rng(0)
+    T = 200
+    for _ in range(50):
+        simplex = rng.dirichlet(np.ones(space.n_simplex)) if space.n_simplex else np.zeros(0)
+        x = np.concatenate([simplex, rng.uniform(size=space.n_box)]).astype(np.float32)
+        curve = space.curve(x, T)
+        assert curve.shape == (T,)
+        assert np.all(np.isfinite(curve))
+        assert curve.min() >= schedules.R_MIN - 1e-7 and curve.max() <= 1.0 + 1e-7
+        assert curve[0] == pytest.approx(1.0)
+
+
+def test_eq1_coteaching():
+    t = jnp.arange(20.0)
+    r = jax.vmap(lambda s: schedules.coteaching_rate(s, jnp.array([0.5, 10.0, 1.0])))(t)
+    np.testing.assert_allclose(r, 1 - 0.5 * np.minimum(np.arange(20) / 10, 1), rtol=1e-6)
+
+
+def test_table1_basis_functions():
+    t, T = 7.0, 50.0
+    a1, a2, a3, a4 = 0.7, 0.3, 0.2, 1.5
+    a = jnp.array([a1, a2, a3, a4])
+    expect = [np.exp(-a2 * t ** a1) + a3 * (t / T) ** a4,
+              np.exp(-a2 * t ** a1) + a3 * np.log(1 + t ** a4) / np.log(1 + T ** a4),
+              (1 + a2 * t) ** -a1 + a3 * (t / T) ** a4,
+              (1 + a2 * t) ** -a1 + a3 * np.log(1 + t ** a4) / np.log(1 + T ** a4)]
+    for i in range(4):
+        assert float(schedules.basis(i, t, a, T)) == pytest.approx(expect[i], rel=1e-5)
+
+
+def test_eq4_is_the_convex_mix():
+    space = schedules.get_space("s2e")
+    x = np.concatenate([[0.1, 0.2, 0.3, 0.4], np.full(16, 0.5)]).astype(np.float32)
+    params = space.decode(jnp.asarray(x), 100)
+    a = np.asarray(params[4:]).reshape(4, 4)
+    t = 30.0
+    mix = sum(x[i] * float(schedules.basis(i, t, a[i], 100)) for i in range(4))
+    assert float(space.rate(t, params, 100)) == pytest.approx(np.clip(mix, 0.01, 1), rel=1e-5)
+    # beta in [0, 1] maps onto the default ranges of a1..a4
+    np.testing.assert_allclose(a[0], [0.5, 0.25, 0.25, 1.0], rtol=1e-6)
+
+
+def test_schedule_file_round_trip(tmp_path):
+    space = schedules.get_space("s2e")
+    x = np.concatenate([[0.25] * 4, np.linspace(0, 1, 16)])
+    schedules.save_schedule_file(str(tmp_path / "s.json"), space, x, 30)
+    sp, x2 = schedules.load_schedule_file(str(tmp_path / "s.json"))
+    assert sp.name == "s2e"
+    np.testing.assert_allclose(x2, x, rtol=1e-6)
+
+
+def test_bad_schedule_file(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text('{"space": "s2e", "x": [1, 2]}')
+    with pytest.raises(ConfigError, match="schedule"):
+        schedules.load_schedule_file(str(p))
+    with pytest.raises(ConfigError, match="space"):
+        schedules.get_space("nope")

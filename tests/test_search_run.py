@@ -1,0 +1,113 @@
+"""A search as a run: trials.jsonl, best_schedule.json reused by train, resume after a crash or kill -9."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from s2e_jax import data as data_lib
+from s2e_jax import search_run
+from s2e_jax.config import ConfigError, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    ds = data_lib.load_dataset("digits")
+    return ds.__class__(ds.name, ds.x_train[:256], ds.y_train[:256], ds.y_train_clean[:256],
+                        ds.x_val[:128], ds.y_val[:128], ds.x_test[:128], ds.y_test[:128], ds.num_classes)
+
+
+def _cfg(out, algo="newton", iterations=3):
+    t = TrainConfig(dataset="digits", noise="pair", noise_rate=0.45, epochs=3, batch_size=64,
+                    decay_start=1, progress=False, seed=1)
+    return search_run.SearchConfig(t, algo=algo, space="s2e", iterations=iterations, samples=2, out=str(out))
+
+
+def _strip(recs):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in recs]
+
+
+def _trials(out, algo="newton"):
+    with open(os.path.join(out, algo, "trials.jsonl")) as f:
+        return _strip([json.loads(line) for line in f])
+
+
+def test_search_writes_its_run_dir_and_resumes_after_a_crash(tmp_path, small_digits):
+    ref = search_run.run(_cfg(tmp_path / "ref"), small_digits)
+    assert ref["trainings"] == 6
+    for name in ("trials.jsonl", "state.json", "theta.jsonl", "best_schedule.json", "result.json"):
+        assert (tmp_path / "ref" / "newton" / name).exists(), name
+    for name in ("schedule.png", "search_efficiency.png", "search_config.json"):
+        assert (tmp_path / "ref" / name).exists(), name
+    recs = _trials(tmp_path / "ref")
+    assert len(recs) == 6 and all(len(r["curve"]) == 3 and r["curve"][0] == 1.0 for r in recs)
+
+    # crash in the middle of iteration 2 (after its first training was recorded), then resume
+    crashed = tmp_path / "crash"
+    original = search_run.runs.append_line
+    calls = {"n": 0}
+
+    def crashing_append(path, line):
+        original(path, line)
+        if path.endswith("trials.jsonl"):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt("simulated kill")
+
+    search_run.runs.append_line = crashing_append
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            search_run.run(_cfg(crashed), small_digits)
+    finally:
+        search_run.runs.append_line = original
+    assert len(_trials(crashed)) == 3
+    resumed = search_run.run(_cfg(crashed), small_digits)
+    assert _trials(crashed) == recs
+    assert resumed["best_x"] == ref["best_x"] and resumed["theta"] == ref["theta"]
+
+
+def test_finished_search_is_not_rerun_and_other_settings_are_refused(tmp_path, small_digits):
+    out = tmp_path / "s"
+    search_run.run(_cfg(out, algo="random", iterations=1), small_digits)
+    before = (out / "random" / "trials.jsonl").read_text()
+    search_run.run(_cfg(out, algo="random", iterations=1), small_digits)
+    assert (out / "random" / "trials.jsonl").read_text() == before
+    other = _cfg(out, algo="random")
+    other.train = other.train.replace(noise_rate=0.2)
+    with pytest.raises(ConfigError, match="out"):
+        search_run.run(other, small_digits)
+
+
+def test_best_schedule_is_reused_by_train(tmp_path, small_digits):
+    from s2e_jax.train import train
+
+    search_run.run(_cfg(tmp_path / "s", algo="random", iterations=1), small_digits)
+    best = json.loads((tmp_path / "s" / "random" / "best_schedule.json").read_text())
+    result = train(TrainConfig(dataset="digits", epochs=3, batch_size=64, decay_start=1, progress=False,
+                               schedule=str(tmp_path / "s" / "random" / "best_schedule.json")), small_digits)
+    np.testing.assert_allclose(result.metrics["r"], best["curve"], atol=1e-5)
+
+
+def test_kill_9_then_resume_gives_the_same_trials(tmp_path):
+    args = [sys.executable, "-m", "s2e_jax", "search", "--dataset", "digits", "--noise", "pair",
+            "--noise-rate", "0.45", "--algo", "newton", "--iterations", "3", "--samples", "2",
+            "--epochs", "2", "--batch-size", "128", "--seed", "0", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    ref = tmp_path / "ref"
+    subprocess.run(args + ["--out", str(ref)], check=True, env=env, capture_output=True)
+    out = tmp_path / "killed"
+    p = subprocess.Popen(args + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trials = out / "newton" / "trials.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if trials.exists() and trials.read_text().count("\n") >= 2:
+            p.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    p.wait()
+    subprocess.run(args + ["--out", str(out)], check=True, env=env, capture_output=True)
+    assert _trials(out) == _trials(ref)
