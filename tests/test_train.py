@@ -124,20 +124,42 @@ def _cifar_like(n=48, seed=0):
     return data_lib.Dataset("cifar_like", x, y, y, x[:16], y[:16], x[16:32], y[16:32], 10)
 
 
-@pytest.mark.parametrize("model, forms", [
-    ("model1", (("vmap", "scan"), ("fused", "loop"))),
-    ("model3", (("fused", "loop"),)),  # BatchNorm + dropout; vmapped Model 3 is too slow on a CPU
-])
-def test_net_forms_and_drivers_agree_conv(model, forms):
-    # fusing the first convolution changes the float summation order; over a few steps of a
-    # 4.4M-parameter net that compounds to ~0.2%, far below what a wrong form would give
+@pytest.mark.parametrize("model", ["model1", "model3"])
+def test_net_forms_give_the_same_loss_and_gradients_conv(model):
+    """vmap, unroll and fused compute the same Co-teaching loss, selection and gradients
+    (Model 3: BatchNorm statistics and dropout keys per network)."""
     ds = _cifar_like()
-    cfg = _cfg(dataset="cifar_like", model=model, epochs=2, batch_size=16, eval_batch_size=16)
-    ref = _run(T.prepare(cfg.replace(net_form="unroll", driver="loop"), ds))[1]
-    for form, driver in forms:
-        got = _run(T.prepare(cfg.replace(net_form=form, driver=driver), ds))[1]
-        for k in ("train_loss", "val_loss"):
-            np.testing.assert_allclose(got[k], ref[k], rtol=1e-2, atol=1e-4)
+    cfg = _cfg(dataset="cifar_like", model=model, epochs=1, batch_size=8, eval_batch_size=16)
+    preps = {f: T.prepare(cfg.replace(net_form=f, driver="loop"), ds) for f in ("vmap", "unroll", "fused")}
+    carry = T.init_carry(preps["unroll"], 0)
+    d = preps["unroll"].data
+    xb = T.normalize(d.x_train[:8], d.mean, d.std)
+    out = {}
+    for f, prep in preps.items():
+        fn = jax.jit(jax.grad(prep.trainer.loss, has_aux=True))
+        out[f] = fn(carry.params, carry.batch_stats, xb, d.y_train[:8], 0.5, jax.random.PRNGKey(1))
+    ref_g, (ref_loss, ref_kept, ref_bs) = out["unroll"]
+    for f in ("vmap", "fused"):
+        g, (loss, kept, bs) = out[f]
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-4)
+        np.testing.assert_array_equal(kept, ref_kept)
+        for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(ref_g)):
+            # float32 summation order differs (grouped vs plain convs); BatchNorm over a batch of 8
+            # amplifies it in Model 3's gradients to ~1e-4 of ~3e-2; a wrong form moves them by O(1)
+            np.testing.assert_allclose(a, b, rtol=1e-2, atol=3e-4)
+        for a, b in zip(jax.tree_util.tree_leaves(bs), jax.tree_util.tree_leaves(ref_bs)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_drivers_agree_conv():
+    """One epoch as a lax.scan and as a Python loop of jitted steps give the same numbers."""
+    ds = _cifar_like()
+    cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
+               net_form="fused")
+    ref = _run(T.prepare(cfg.replace(driver="loop"), ds))[1]
+    got = _run(T.prepare(cfg.replace(driver="scan"), ds))[1]
+    for k in ("train_loss", "val_loss", "label_precision"):
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6)
 
 
 def test_trials_in_one_program_equal_separate_trainings(digits):
