@@ -36,6 +36,14 @@ def _add_train_args(p: argparse.ArgumentParser):
     p.add_argument("--no-progress", action="store_true")
 
 
+def _int_or_auto(text: str):
+    """An integer, or the text as given ("auto"; anything else is left to the config's message)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _config_from(args, cls=TrainConfig, **extra):
     names = {f.name for f in dataclasses.fields(cls)}
     kw = {k: v for k, v in vars(args).items() if k in names}
@@ -52,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--t-k", type=float, default=10.0, help="eq. (1) t_k")
     t.add_argument("--c", type=float, default=1.0, help="eq. (1) c")
     t.add_argument("--schedule", default=None, help="best_schedule.json from a search")
+    t.add_argument("--init-epochs", type=_int_or_auto, default="auto",
+                   help="coteaching_plus: epochs of plain Co-teaching first (auto: mnist/digits 0, "
+                        "cifar10 20, cifar100 5, others 0)")
+    t.add_argument("--transition-matrix", default=None,
+                   help="fcorrection: .npy of the (C, C) noise transition matrix (default: estimate it)")
+    t.add_argument("--fcorr-warmup-epochs", type=int, default=None,
+                   help="fcorrection: epochs of the standard network that estimates T (default: --epochs)")
+    t.add_argument("--fcorr-estimator", default="percentile97", help="fcorrection: percentile97 | argmax")
     t.add_argument("--out", default=None, help="run directory (must not exist or be empty)")
     _add_search_parser(sub)
     return parser

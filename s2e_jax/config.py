@@ -18,7 +18,10 @@ class ConfigError(ValueError):
 
 NOISES = ("none", "symmetric", "pair")
 METHODS = ("standard", "coteaching", "coteaching_plus", "mentornet", "decoupling", "fcorrection", "reweight")
-IMPLEMENTED_METHODS = ("standard", "coteaching")
+IMPLEMENTED_METHODS = METHODS
+# Co-teaching+'s epochs of plain Co-teaching first (Yu et al. 2019's released code: init_epoch)
+INIT_EPOCHS = {"mnist": 0, "digits": 0, "cifar10": 20, "cifar100": 5}
+FCORR_ESTIMATORS = ("percentile97", "argmax")
 MODELS = ("auto", "mlp", "model1", "model2", "model3")
 NET_FORMS = ("auto", "vmap", "unroll", "fused")
 DRIVERS = ("auto", "scan", "loop")
@@ -67,6 +70,11 @@ class TrainConfig:
     t_k: float = 10.0                  # eq. (1)
     c: float = 1.0                     # eq. (1)
     schedule: Optional[str] = None     # best_schedule.json from a search; replaces eq. (1)
+    # baselines (section 4.1)
+    init_epochs: Any = "auto"          # coteaching_plus: epochs of plain Co-teaching first; auto: by data set
+    transition_matrix: Optional[str] = None   # fcorrection: .npy of T (C, C); None: estimate T
+    fcorr_warmup_epochs: Optional[int] = None  # fcorrection: epochs of the net estimating T; None: epochs
+    fcorr_estimator: str = "percentile97"      # fcorrection: percentile97 | argmax (Patrini et al. 2017)
     # optimizer (Appendix A)
     epochs: int = 200
     batch_size: int = 128
@@ -111,11 +119,24 @@ class TrainConfig:
         _check_choice("net_form", self.net_form, NET_FORMS)
         _check_choice("driver", self.driver, DRIVERS)
         _check_int("eval_batch_size", self.eval_batch_size, 1)
-        for field in ("label_file", "schedule"):
+        if self.init_epochs != "auto":
+            _check_int("init_epochs", self.init_epochs, 0)
+        if self.fcorr_warmup_epochs is not None:
+            _check_int("fcorr_warmup_epochs", self.fcorr_warmup_epochs, 1)
+        _check_choice("fcorr_estimator", self.fcorr_estimator, FCORR_ESTIMATORS)
+        if self.transition_matrix is not None and self.method != "fcorrection":
+            _fail("transition_matrix", f"only used with method fcorrection, got method {self.method!r}")
+        for field in ("label_file", "schedule", "transition_matrix"):
             path = getattr(self, field)
             if path is not None and not os.path.isfile(path):
                 _fail(field, f"file not found: {path}")
         return self
+
+    def resolved_init_epochs(self) -> int:
+        """Co-teaching+'s ``init_epochs``; ``auto``: MNIST/digits 0, CIFAR-10 20, CIFAR-100 5, others 0."""
+        if self.init_epochs == "auto":
+            return INIT_EPOCHS.get(str(self.dataset).strip().lower(), 0)
+        return int(self.init_epochs)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

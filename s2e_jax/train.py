@@ -1,10 +1,13 @@
 """Training with sample selection (Algorithm 1): N networks side by side in one jitted program.
 
 The N networks (2 for Co-teaching, 1 for Standard) are one parameter tree with a leading axis of N.
-For each mini-batch every network computes per-sample cross-entropy; a selection rule
-(:mod:`s2e_jax.selection`) turns the losses into per-network weights; each network's loss is the
-weighted mean over its weights, divided once. The training data, the per-epoch permutation, batch
-gathering, selection and all metrics stay on the device: no host copy or sync per step.
+For each mini-batch every network computes a per-sample loss (cross-entropy; F-correction's
+forward-corrected loss); a selection rule (:mod:`s2e_jax.selection`) turns the losses into
+per-network weights (learning to reweight: a weights function of the parameters and a clean batch);
+each network's loss is the weighted mean over its weights, divided once. Every method of
+:data:`s2e_jax.selection.METHOD_RULES` runs this same loop. The training data, the per-epoch
+permutation, batch gathering, selection and all metrics stay on the device: no host copy or sync
+per step.
 
 How the network axis is computed (``net_form``) and how an epoch is driven (``driver``) are choices
 measured per backend (``experiments/bench_train.py``); every choice gives the same numbers (tests):
@@ -47,10 +50,11 @@ class DeviceData(NamedTuple):
     y_test: jax.Array
     mean: jax.Array      # float32 [C] per-channel mean of the training images (in [0, 1])
     std: jax.Array       # float32 [C]
+    transition: jax.Array  # float32 [K, K]: F-correction's T (identity otherwise); traced, not static
 
 
-def device_data(ds, is_clean) -> DeviceData:
-    """Put a :class:`s2e_jax.data.Dataset` on the device once."""
+def device_data(ds, is_clean, transition=None) -> DeviceData:
+    """Put a :class:`s2e_jax.data.Dataset` on the device once (``transition``: F-correction's T)."""
     x = ds.x_train.astype(np.float32) / 255.0
     mean = x.reshape(-1, x.shape[-1]).mean(0)
     std = x.reshape(-1, x.shape[-1]).std(0) + 1e-6
@@ -58,7 +62,9 @@ def device_data(ds, is_clean) -> DeviceData:
     return DeviceData(put(ds.x_train), put(ds.y_train.astype(np.int32)), put(is_clean.astype(np.float32)),
                       put(ds.x_val), put(ds.y_val.astype(np.int32)), put(ds.x_test),
                       put(ds.y_test.astype(np.int32)), put(mean.astype(np.float32)),
-                      put(std.astype(np.float32)))
+                      put(std.astype(np.float32)),
+                      put(np.asarray(np.eye(ds.num_classes) if transition is None else transition,
+                                     np.float32)))
 
 
 def normalize(x, mean, std):
@@ -107,7 +113,9 @@ class Trainer:
     """The jitted pieces of Algorithm 1 for one model, method and data shape.
 
     ``rate(t, params, T)`` is the schedule R(t) (:mod:`s2e_jax.schedules`); ``rule`` the selection
-    rule (:mod:`s2e_jax.selection`). Use :meth:`init`, then :meth:`run_epoch` once per epoch.
+    rule (:mod:`s2e_jax.selection`); ``sample_loss(logits, labels, transition)`` the per-sample loss;
+    ``weights_fn`` (learning to reweight) replaces the rule by weights computed from the parameters and
+    a clean validation batch. Use :meth:`init`, then :meth:`run_epoch` once per epoch.
     """
 
     model: Any
@@ -124,8 +132,12 @@ class Trainer:
     net_form: str = "vmap"
     driver: str = "scan"
     eval_batch_size: int = 1000
+    sample_loss: Callable = selection.cross_entropy
+    weights_fn: Optional[Callable] = None
 
     def __post_init__(self):
+        if (self.rule is None) == (self.weights_fn is None):
+            raise ValueError("Trainer: give exactly one of rule and weights_fn")
         if self.batch_size > self.n_train:
             raise ConfigError(f"batch_size: {self.batch_size} is larger than the training set "
                               f"({self.n_train} examples)")
@@ -188,23 +200,44 @@ class Trainer:
         return Carry(params, bs, opt_state, sched, data_key, jnp.zeros((), jnp.int32))
 
     # ------------------------------------------------------------------ one step
-    def loss(self, params, batch_stats, xb, yb, r, key):
+    def loss(self, params, batch_stats, xb, yb, r, key, epoch=0, transition=None, given=None):
         """Algorithm 1 steps 3-4 on one normalized batch: ``(sum of the networks' losses, aux)``.
 
-        Every network computes per-sample cross-entropy; the rule picks what each one learns from
-        (gradient stopped); network n's loss is the mean over its weights, divided once.
+        Every network computes its per-sample loss; the rule picks what each one learns from
+        (gradient stopped) — or ``given = (weights, kept)`` does; network n's loss is the mean over
+        its weights, divided once (0 when all its weights are 0).
         """
         logits, new_bs = self.forward(params, batch_stats, xb, key, True)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb[None])  # [N, B]
-        w, kept = self.rule(jax.lax.stop_gradient(losses), jax.lax.stop_gradient(logits), yb, r)
+        losses = self.sample_loss(logits, yb, transition)  # [N, B]
+        if given is None:
+            w, kept = self.rule(jax.lax.stop_gradient(losses), jax.lax.stop_gradient(logits), yb, r, epoch)
+        else:
+            w, kept = given
         per_net = (w * losses).sum(1) / jnp.maximum(w.sum(1), 1e-12)
         return per_net.sum(), (per_net, kept, new_bs)
+
+    def meta_weights(self, carry: Carry, xb, yb, data: DeviceData, key):
+        """Learning to reweight's weights (:func:`s2e_jax.selection.reweight_weights`) on the batch,
+        against a clean batch of ``min(B, n_val)`` validation samples drawn with the step key; the
+        inner step size is the current learning rate (Ren et al. 2018, Algorithm 1)."""
+        n_val = data.y_val.shape[0]
+        k_val, k_drop = jax.random.split(jax.random.fold_in(key, 0x5EED))
+        vidx = jax.random.choice(k_val, n_val, (min(self.batch_size, n_val),), replace=False)
+        xv, yv = normalize(data.x_val[vidx], data.mean, data.std), data.y_val[vidx]
+
+        def forward(k):  # the training batch: the dropout key of :meth:`loss`; the clean one: k_drop
+            return lambda p, x: self.forward(p, carry.batch_stats, x, k, True)[0]
+
+        loss_fn = lambda logits, y: self.sample_loss(logits, y, data.transition)  # noqa: E731
+        return self.weights_fn(forward(key), loss_fn, carry.params, xb, yb, xv, yv,
+                               carry.opt_state.hyperparams["learning_rate"], forward_clean=forward(k_drop))
 
     def _train_step(self, carry: Carry, idx, r, data: DeviceData, key):
         xb = normalize(data.x_train[idx], data.mean, data.std)
         yb, cleanb = data.y_train[idx], data.clean[idx]
+        given = None if self.weights_fn is None else self.meta_weights(carry, xb, yb, data, key)
         grads, (per_net, kept, new_bs) = jax.grad(self.loss, has_aux=True)(
-            carry.params, carry.batch_stats, xb, yb, r, key)
+            carry.params, carry.batch_stats, xb, yb, r, key, carry.epoch, data.transition, given)
         updates, opt_state = self.tx.update(grads, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
         stats = (per_net, kept.sum(1), (kept * cleanb[None]).sum(1))
@@ -320,12 +353,13 @@ class Prepared:
     data: DeviceData
     sched: np.ndarray
     model_name: str
-    noise_info: dict
+    noise_info: dict     # data, noise and method facts recorded in config.json and summary.json
+    transition: Optional[np.ndarray] = None  # F-correction's T
 
 
 def schedule_of(config: TrainConfig):
     """``(rate, params)`` of the run: a searched schedule file, eq. (1), or R == 1."""
-    _, _, uses_schedule = selection.get_rule(config.method)
+    uses_schedule = selection.get_rule(config.method).uses_schedule
     if config.schedule is not None:
         space, x = schedules.load_schedule_file(config.schedule)
         return space.rate, np.asarray(space.decode(np.asarray(x, np.float32), config.epochs))
@@ -339,7 +373,9 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
     """Validate the config, load and corrupt the data, put it on the device, build the trainer.
 
     ``dataset`` replaces loading ``config.dataset``; ``rate`` replaces the run's schedule function
-    (a search passes its space's R(t) and gives each trial its own parameters).
+    (a search passes its space's R(t) and gives each trial its own parameters). F-correction without a
+    ``transition_matrix`` file first trains a standard network to estimate T
+    (:func:`s2e_jax.fcorrection.transition_for`).
     """
     config.validate()
     ds = dataset if dataset is not None else data_lib.load_dataset(config.dataset, data_dir=config.data_dir)
@@ -352,18 +388,29 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
     model_name = config.model if config.model != "auto" else models_lib.default_model(ds.name, ds.x_train.shape[-1])
     model = models_lib.get_model(model_name, ds.num_classes)
     form, driver = default_execution(model_name)
-    num_nets, rule, _ = selection.get_rule(config.method)
+    spec = selection.get_rule(config.method, init_epochs=config.resolved_init_epochs())
     rate_, sched = schedule_of(config)
     rate = rate_ if rate is None else rate
-    trainer = Trainer(model, num_nets, rule, rate, epochs=config.epochs, batch_size=config.batch_size,
+    trainer = Trainer(model, spec.num_nets, spec.rule, rate, epochs=config.epochs,
+                      batch_size=config.batch_size,
                       n_train=len(ds.y_train), lr=config.lr, decay_start=config.decay_start,
                       beta1=config.beta1, beta1_late=config.beta1_late,
                       net_form=form if config.net_form == "auto" else config.net_form,
                       driver=driver if config.driver == "auto" else config.driver,
-                      eval_batch_size=config.eval_batch_size)
+                      eval_batch_size=config.eval_batch_size, sample_loss=spec.sample_loss,
+                      weights_fn=spec.weights_fn)
     noise_info = dict(actual_noise_rate=float(1.0 - is_clean.mean()), n_train=int(len(ds.y_train)),
                       n_val=int(len(ds.y_val)), n_test=int(len(ds.y_test)), num_classes=int(ds.num_classes))
-    return Prepared(config, trainer, device_data(ds, is_clean), sched, model_name, noise_info)
+    transition = None
+    if config.method == "coteaching_plus":
+        noise_info["init_epochs_resolved"] = config.resolved_init_epochs()
+    if config.method == "fcorrection":
+        from s2e_jax import fcorrection
+
+        transition, info = fcorrection.transition_for(config, ds)
+        noise_info.update(info)
+    return Prepared(config, trainer, device_data(ds, is_clean, transition), sched, model_name, noise_info,
+                    transition)
 
 
 def seed_keys(seed: int, num_nets: int):
@@ -394,6 +441,7 @@ class TrainResult:
     summary: dict
     run_dir: Optional[str]
     carry: Any
+    prepared: Optional[Prepared] = None
 
 
 def summarize(metrics: dict, noise_info: dict, seconds: float) -> dict:
@@ -437,11 +485,13 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
     summary = summarize(metrics, prep.noise_info, time.time() - start)
     if run:
         run.write_json("summary.json", summary)
+        if prep.transition is not None:
+            np.save(run.path("transition.npy"), prep.transition)
         from s2e_jax import plots
 
         plots.plot_curves(metrics, run.path("curves.png"), title=f"{config.method} on {config.dataset} "
                           f"({config.noise} {config.noise_rate:g})")
-    return TrainResult(config, metrics, summary, run.root if run else None, carry)
+    return TrainResult(config, metrics, summary, run.root if run else None, carry, prep)
 
 
 def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None):

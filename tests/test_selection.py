@@ -28,17 +28,27 @@ def test_num_keep_is_floor_and_at_least_one():
 
 def test_coteaching_rule_crosses_the_kept_sets():
     losses = jnp.asarray([[0.1, 0.9, 0.2, 0.8], [0.9, 0.1, 0.8, 0.2]])
-    w, kept = selection.coteaching_rule(losses, None, None, 0.5)
+    w, kept = selection.coteaching_rule(losses, None, None, 0.5, 0)
     np.testing.assert_array_equal(kept, [[1, 0, 1, 0], [0, 1, 0, 1]])
     # network 1 learns from network 2's kept samples and vice versa
     np.testing.assert_array_equal(w, [[0, 1, 0, 1], [1, 0, 1, 0]])
 
 
 def test_standard_rule_keeps_everything():
-    w, kept = selection.standard_rule(jnp.ones((1, 5)), None, None, 0.3)
+    w, kept = selection.standard_rule(jnp.ones((1, 5)), None, None, 0.3, 0)
     assert float(w.sum()) == 5 and float(kept.sum()) == 5
 
 
 def test_unknown_method():
     with pytest.raises(ConfigError, match="method"):
         selection.get_rule("nope")
+
+
+def test_every_method_has_a_spec():
+    from s2e_jax.config import METHODS
+
+    assert set(selection.METHOD_RULES) == set(METHODS)
+    for m in METHODS:
+        spec = selection.get_rule(m)
+        assert spec.num_nets in (1, 2) and (spec.rule is None) != (spec.weights_fn is None)
+    assert selection.get_rule("coteaching_plus", init_epochs=7).rule.keywords == {"init_epochs": 7}
