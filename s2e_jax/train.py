@@ -505,6 +505,13 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None):
     epochs = tr.epochs if epochs is None else epochs
     scheds = np.asarray(scheds, np.float32)
     if tr.driver == "scan":
+        k = len(seeds)
+        # pad K to a power of two (repeating the last trial) so that searches asking for varying
+        # numbers of trainings (Hyperband's rungs) compile a handful of programs, not one per K;
+        # the padded trials are dropped before anything is returned
+        pad = (1 << max(k - 1, 0).bit_length()) - k
+        seeds = list(seeds) + [seeds[-1]] * pad
+        scheds = np.concatenate([scheds, np.repeat(scheds[-1:], pad, 0)])
         carries = [init_carry(prep, int(s), sc) for s, sc in zip(seeds, scheds)]
         carry = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *carries)
         step = _vmapped_epoch(tr)
@@ -512,7 +519,7 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None):
         for _ in range(epochs):
             carry, m = step(carry, prep.data)
             rows.append(m)
-        return {k: np.moveaxis(v, 0, 1) for k, v in _stack_epochs([_host(r) for r in rows]).items()}
+        return {k_: np.moveaxis(v, 0, 1)[:k] for k_, v in _stack_epochs([_host(r) for r in rows]).items()}
     out = []
     for s, sc in zip(seeds, scheds):
         carry, rows = init_carry(prep, int(s), sc), []

@@ -164,9 +164,10 @@ def test_drivers_agree_conv():
 
 def test_trials_in_one_program_equal_separate_trainings(digits):
     prep = T.prepare(_cfg(epochs=2), digits)
-    scheds = np.asarray([[0.5, 10.0, 1.0], [0.3, 2.0, 2.0]], np.float32)
-    many = T.train_trials(prep, scheds, [3, 4])
-    for i, (s, sc) in enumerate(zip([3, 4], scheds)):
+    scheds = np.asarray([[0.5, 10.0, 1.0], [0.3, 2.0, 2.0], [0.1, 1.0, 1.0]], np.float32)
+    many = T.train_trials(prep, scheds, [3, 4, 5])  # K = 3 is padded to 4: padding never leaks
+    assert many["train_loss"].shape[0] == 3
+    for i, (s, sc) in enumerate(zip([3, 4, 5], scheds)):
         _, one = _run(prep, s, sc)
         for k in ("train_loss", "test_acc", "label_precision", "r"):
             np.testing.assert_allclose(many[k][i], one[k], rtol=2e-4, atol=1e-5)
