@@ -41,7 +41,7 @@ measured in a child process (the flag must be set before jax starts) next to the
 
 Usage::
 
-    python experiments/bench_train.py                 # everything, ~3-4 minutes on 2 CPU cores
+    python experiments/bench_train.py                 # everything (~17 min on a busy 2-core machine)
     python experiments/bench_train.py --quick         # smoke test (few steps)
     python experiments/bench_train.py --models model1 --forms fused --drivers loop --out results/bench
     python experiments/bench_train.py --no-torch      # JAX only (torch not installed)
@@ -438,9 +438,17 @@ def shard_child(args, model, steps):
                 mnist=args.mnist)
     cmd = [sys.executable, os.path.abspath(__file__), SHARD_WORKER, json.dumps(spec)]
     print("  EXPERIMENTAL: child process with --xla_force_host_platform_device_count=2", flush=True)
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              timeout=900)
+    except subprocess.TimeoutExpired:
+        print("  EXPERIMENTAL shard_map child timed out; skipped", file=sys.stderr)
+        return {}
     if proc.returncode != 0:
-        print(f"  EXPERIMENTAL shard_map child failed (exit {proc.returncode}); skipped", file=sys.stderr)
+        why = [ln for ln in proc.stderr.splitlines() if "rendezvous" in ln or "Error" in ln][-1:]
+        print(f"  EXPERIMENTAL shard_map child failed (exit {proc.returncode}); skipped. "
+              f"{why[0][:300] if why else ''}\n  (XLA CPU collectives can deadlock when 2 host devices share "
+              "a 2-thread pool on a busy 2-core machine)", file=sys.stderr)
         return {}
     return {k: tuple(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
