@@ -43,11 +43,8 @@ def main(argv=None):
         # Hyperband spends its budget in epochs: give it the same number of full-training equivalents
         its = a.iterations if algo != "hyperband" else 10_000
         cfg = search_run.SearchConfig(tcfg, algo=algo, space=a.space, iterations=its, samples=a.samples,
-                                      out=a.out)
-        if algo == "hyperband":
-            s = _hyperband(cfg, budget)
-        else:
-            s = search_run.run(cfg)
+                                      out=a.out, max_cost=budget if algo == "hyperband" else None)
+        s = search_run.run(cfg)
         rows.append((algo, s["trainings"], s["cost"], s["best_val_acc"], s["best_test_acc"]))
         print(f"{algo}: best val {s['best_val_acc']:.4f} test {s['best_test_acc']:.4f}", file=sys.stderr)
     cot_dir = os.path.join(a.out, "coteaching_fixed")
@@ -65,16 +62,6 @@ def main(argv=None):
     print(table)
     with open(os.path.join(a.out, "table.md"), "w") as f:
         f.write(table)
-
-
-def _hyperband(cfg, budget):
-    """Run Hyperband until it has spent ``budget`` full-training equivalents."""
-    cfg.iterations = 1
-    while True:
-        s = search_run.run(cfg)
-        if s["cost"] >= budget:
-            return s
-        cfg.iterations += 1
 
 
 if __name__ == "__main__":

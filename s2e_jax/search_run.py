@@ -47,6 +47,7 @@ class SearchConfig:
     samples: int = 8            # K
     objective: str = "error"    # error: validation error at the last epoch (mean of the networks); loss: L_val
     out: Optional[str] = None
+    max_cost: Optional[float] = None  # stop once this many full-training equivalents are spent (Hyperband)
 
     def validate(self) -> "SearchConfig":
         self.train.validate()
@@ -156,7 +157,10 @@ def run(cfg: SearchConfig, dataset=None) -> dict:
         cache = {r["trial"]: r for r in runs.read_jsonl(algo_dir.path("trials.jsonl"))}
         _truncate_torn_line(algo_dir.path("trials.jsonl"))
     done_trials = len(searcher.history)
-    if searcher.iteration >= cfg.iterations:
+    def more():
+        return searcher.iteration < cfg.iterations and (cfg.max_cost is None or searcher.cost < cfg.max_cost)
+
+    if not more():
         return _finish(cfg, searcher, space, algo_dir, root, cache)
 
     prep = train_lib.prepare(cfg.train, dataset, rate=space.rate)
@@ -175,7 +179,7 @@ def run(cfg: SearchConfig, dataset=None) -> dict:
     def after_tell(record):
         bar.update(1, best_val_acc=1.0 - searcher.best()[1] if cfg.objective == "error" else -1)
 
-    while searcher.iteration < cfg.iterations:
+    while more():
         search.run_search(searcher, objective, iterations=searcher.iteration + 1, on_trial=after_tell)
         if algo_dir is not None:
             algo_dir.write_json("state.json", searcher.state_dict())
