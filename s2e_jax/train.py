@@ -494,17 +494,23 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
     return TrainResult(config, metrics, summary, run.root if run else None, carry, prep)
 
 
-def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None):
+def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
+                 one_program: Optional[bool] = None):
     """K trainings (schedules ``scheds`` [K, P], seeds [K]) sharing the device data.
 
-    With the ``scan`` driver the K trainings are one program (``vmap`` over the trial axis); with the
-    ``loop`` driver (conv nets on the CPU) they run one after another. Returns per-epoch metrics with
+    With ``one_program`` (default on GPU/TPU) and the ``scan`` driver the K trainings are one program
+    (``vmap`` over the trial axis); otherwise (the CPU default, by measurement) one after another. Returns per-epoch metrics with
     a leading trial axis: ``{name: array [K, epochs, ...]}``.
     """
     tr = prep.trainer
     epochs = tr.epochs if epochs is None else epochs
     scheds = np.asarray(scheds, np.float32)
-    if tr.driver == "scan":
+    if one_program is None:
+        # measured (experiments/bench_trials.py, 2-core CPU): K vmapped MLP trainings ran at 0.73-0.83x
+        # of the same K one after another (XLA already uses both cores for one), vmapped Model 1 at
+        # 0.11-0.37x (grouped convolutions); so one program is the default on GPU/TPU only
+        one_program = jax.default_backend() != "cpu"
+    if tr.driver == "scan" and one_program:
         k = len(seeds)
         # pad K to a power of two (repeating the last trial) so that searches asking for varying
         # numbers of trainings (Hyperband's rungs) compile a handful of programs, not one per K;

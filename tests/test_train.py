@@ -168,7 +168,7 @@ def test_drivers_agree_conv():
 def test_trials_in_one_program_equal_separate_trainings(digits):
     prep = T.prepare(_cfg(epochs=2), digits)
     scheds = np.asarray([[0.5, 10.0, 1.0], [0.3, 2.0, 2.0], [0.1, 1.0, 1.0]], np.float32)
-    many = T.train_trials(prep, scheds, [3, 4, 5])  # K = 3 is padded to 4: padding never leaks
+    many = T.train_trials(prep, scheds, [3, 4, 5], one_program=True)  # K = 3 padded to 4: never leaks
     assert many["train_loss"].shape[0] == 3
     for i, (s, sc) in enumerate(zip([3, 4, 5], scheds)):
         _, one = _run(prep, s, sc)

@@ -1,0 +1,488 @@
+#!/usr/bin/env python
+"""Trials in one program: K Co-teaching trainings as one vmapped program against the same K trainings
+run one after another, in the same run; trainings per second and the ratio, for the MLP and Model 1.
+
+What is compared, per model and per K (``--ks``, default 1, 2, 4, 8):
+
+* ``one program``: ``s2e_jax.train.train_trials(prep, scheds [K, P], seeds [K])`` with
+  ``net_form=vmap, driver=scan``: the K trainings are one jitted program per epoch (``jax.vmap`` over
+  the trial axis of ``Trainer.epoch``, itself a ``lax.scan`` over the batches) — what a schedule
+  search runs on a GPU.
+* ``sequential``: the same K trainings one after another with the backend's default execution
+  (``s2e_jax.train.default_execution``): per training ``init_carry`` then ``Trainer.run_epoch`` once
+  per epoch, metrics fetched at the end of each training (the loop branch of ``train_trials``). On
+  the CPU that is ``vmap/scan`` for the MLP and ``fused/loop`` for Model 1 (conv nets inside
+  ``lax.scan`` hit jax-ml/jax#12868 on XLA's CPU backend); on a GPU ``vmap/scan`` for both.
+  ``--sequential default,vmap/scan`` adds more sequential executions (e.g. the one program's own
+  form run one training at a time, which separates the effect of vmapping trials from the form).
+
+Every training: Co-teaching (2 networks, R(t) of eq. (1) with tau = 0.5, t_k = 10, c = 1), symmetric
+noise 0.5, batch 128 (drop_last), Adam lr 1e-3, ``--epochs`` epochs (default 2; the same for every K
+and both sides), trial k uses seed k (network init, shuffling, dropout); all trials share the noisy
+labels, as in a search. Every epoch ends with an evaluation of both networks on the validation and
+test splits (kept small). Data, built as ``s2e_jax.data.Dataset`` objects and passed to
+``prepare(TrainConfig(...), dataset=ds)``:
+
+* ``mlp``: MNIST from ``--mnist`` (default ``/work/shared/data/mnist.npz``, read with
+  ``s2e_jax.data.load_dataset``) when present: the first ``--mlp-train`` (6,000) training images and
+  the first ``--mlp-eval`` (500) of the validation and of the test half; else random uint8 28x28x1.
+* ``model1``: random uint8 CIFAR-shaped data (32x32x3): ``--model1-train`` (2,000) training images,
+  ``--model1-eval`` (256) validation and test images (speed does not depend on the pixel values).
+
+Timing: each (execution, K) is warmed up first by one call of the same shapes with 1 epoch (the
+sequential warm-up is one training, shared by every K: its programs do not depend on K); then the
+K trainings of ``--epochs`` epochs are timed, ended by the host copy of their metrics (``--repeats``:
+median of that many timed calls). ``trainings_per_s`` = K / seconds (``trainings_per_h`` x 3600);
+``ratio`` = trainings/s / the reference sequential trainings/s at the same K (the first of
+``--sequential``, by default ``default_execution``; > 1: faster than one after another).
+``compile_s``: the seconds JAX spent tracing, lowering and compiling during the warm-up call
+(``jax.monitoring`` compile events; the sequential programs are compiled once for every K, the
+one program's first K includes ``init``); without those events, warm-up minus one timed epoch.
+``train_trials`` may pad K (to a power of two); such rows say how many trainings ran, and
+trainings/s counts only the K asked for. ``max_dacc``: the largest difference in final test
+accuracy (any trial, any network) between the one program and the reference sequential run (a
+sanity check: the same trainings, equal up to float reassociation). Memory: ``peak_mib`` is the
+process' peak so far (CPU: ``ru_maxrss``; GPU: ``peak_bytes_in_use``), so it only grows down the
+table; ``xla_temp_mib`` is XLA's scratch buffer of the main program (the epoch program for
+``scan``, the step program for ``loop``) from ``Compiled.memory_analysis()``.
+
+On XLA's CPU backend the vmapped conv net is slow and gets slower per training as K grows: the kernel
+gradient of a vmapped convolution is a ``batch_group_count`` convolution whose cost per group grows
+with the number of groups (2K: trials x networks), on top of jax-ml/jax#12868 (convs inside
+``lax.scan``). The MLP is compute-bound on a few CPU cores, so vmapping trials gains little there; the
+one program is meant for GPUs (one small network leaves most of a GPU idle; not measured here).
+
+Budget: a cell whose predicted time (compile + warm-up + timed, extrapolated linearly in K from the
+previous K of the same execution) exceeds ``--budget`` seconds (default 90) is skipped and marked so;
+on the CPU this hits the vmapped conv net (``--budget inf`` runs everything).
+
+Usage::
+
+    python experiments/bench_trials.py                     # default, ~4-6 minutes on 2 CPU cores
+    python experiments/bench_trials.py --quick             # smoke test (K = 1, 2; 1 epoch; tiny data)
+    python experiments/bench_trials.py --models mlp --ks 1,2,4,8,16 --epochs 3 --out results/bench_trials
+    python experiments/bench_trials.py --models model1 --sequential default,vmap/scan --budget inf
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from s2e_jax import data as data_lib  # noqa: E402
+from s2e_jax import train as train_lib  # noqa: E402
+from s2e_jax.config import TrainConfig  # noqa: E402
+
+BATCH = 128
+NUM_CLASSES = 10
+NOISE, NOISE_RATE = "symmetric", 0.5
+DEFAULT_MNIST = "/work/shared/data/mnist.npz"
+FORMS = ("vmap", "unroll", "fused")
+DRIVERS = ("scan", "loop")
+
+
+# ------------------------------------------------------------------------------------------ data
+def _random_dataset(name, shape, n_train, n_eval, rng):
+    img = lambda n: rng.integers(0, 256, (n,) + shape, dtype=np.uint8)  # noqa: E731
+    lab = lambda n: rng.integers(0, NUM_CLASSES, n).astype(np.int32)  # noqa: E731
+    y = lab(n_train)
+    return data_lib.Dataset(name=name, x_train=img(n_train), y_train=y, y_train_clean=y.copy(),
+                            x_val=img(n_eval), y_val=lab(n_eval), x_test=img(n_eval), y_test=lab(n_eval),
+                            num_classes=NUM_CLASSES)
+
+
+def make_dataset(model, n_train, n_eval, mnist_path, seed=0):
+    """A clean ``data.Dataset`` (``prepare`` adds the label noise) and a description of its source."""
+    rng = np.random.default_rng(seed)
+    if model == "mlp" and mnist_path and os.path.isfile(mnist_path):
+        full = data_lib.load_dataset(mnist_path)
+        if len(full.y_train) >= n_train and min(len(full.y_val), len(full.y_test)) >= n_eval:
+            ds = data_lib.Dataset(
+                name="mnist", x_train=full.x_train[:n_train], y_train=full.y_train[:n_train],
+                y_train_clean=full.y_train_clean[:n_train], x_val=full.x_val[:n_eval], y_val=full.y_val[:n_eval],
+                x_test=full.x_test[:n_eval], y_test=full.y_test[:n_eval], num_classes=full.num_classes)
+            return ds, f"MNIST {n_train} train ({mnist_path})"
+    shape = (28, 28, 1) if model == "mlp" else (32, 32, 3)
+    desc = "x".join(map(str, shape))
+    return _random_dataset(f"random{desc}", shape, n_train, n_eval, rng), f"random uint8 {desc}"
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def peak_mib():
+    """The process' peak memory so far: device peak bytes in use (GPU/TPU), else peak RSS (CPU)."""
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # noqa: BLE001 (backends without memory stats)
+        stats = {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kib / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def _stack(carries):
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *carries)
+
+
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+_compile_seconds = [float("nan")]  # NaN: jax.monitoring not available, compile_s falls back to an estimate
+
+
+def _on_event(event, seconds, **_):
+    if event in COMPILE_EVENTS:
+        _compile_seconds[0] += seconds
+
+
+def listen_to_compiles():
+    """Sum JAX's trace / lowering / XLA compile durations from here on (``jax.monitoring``)."""
+    try:
+        jax.monitoring.register_event_duration_secs_listener(_on_event)
+    except AttributeError:
+        return
+    _compile_seconds[0] = 0.0
+
+
+def warm_up(prep, fn):
+    """Run ``fn()`` (the warm-up call); return ``(seconds, compile seconds, trainings initialized)``.
+
+    Compile seconds: JAX's trace + lowering + XLA compile events during the call (NaN if unavailable).
+    Trainings initialized: calls of ``prep.trainer.init`` (``train_trials`` may pad K), counted by a
+    wrapper set on this benchmark's own trainer instance for the call only."""
+    tr, count = prep.trainer, [0]
+    init = tr.init
+
+    def counting_init(*a, **kw):
+        count[0] += 1
+        return init(*a, **kw)
+
+    object.__setattr__(tr, "init", counting_init)  # frozen dataclass: instance attribute, removed below
+    c0, t0 = _compile_seconds[0], time.perf_counter()
+    try:
+        fn()
+    finally:
+        object.__delattr__(tr, "init")
+    return time.perf_counter() - t0, _compile_seconds[0] - c0, count[0]
+
+
+def xla_temp_mib(prep, k=None):
+    """XLA's scratch buffer of the main program, from ``Compiled.memory_analysis()`` (lowered again
+    after it ran: a jit cache hit). ``k`` given: ``train_trials``' vmapped epoch over k trials; else
+    the trainer's epoch program (``scan``) or step program (``loop``). NaN when it cannot be had (it
+    uses private pieces of ``s2e_jax.train``)."""
+    tr = prep.trainer
+    try:
+        if k is not None:
+            carry = _stack([train_lib.init_carry(prep, s) for s in range(k)])
+            lowered = train_lib._vmapped_epoch(tr).lower(carry, prep.data)
+        elif tr.driver == "scan":
+            lowered = tr.epoch_fn.lower(train_lib.init_carry(prep, 0), prep.data)
+        else:
+            carry = train_lib.init_carry(prep, 0)
+            carry, batches, k_steps, r, _ = tr.begin_fn(carry, prep.data)
+            lowered = tr.step_fn.lower(carry, train_lib._zeros_acc(tr.num_nets), batches, k_steps, r,
+                                       tr.step_ids[0], prep.data)
+        return lowered.compile().memory_analysis().temp_size_in_bytes / 2**20
+    except Exception:  # noqa: BLE001 (an optional number)
+        return float("nan")
+
+
+def one_program(prep, scheds, seeds, epochs):
+    """K trainings as one vmapped program (``train_trials`` with the scan driver): final test acc [K, N]."""
+    m = train_lib.train_trials(prep, scheds, seeds, epochs=epochs)
+    return np.asarray(m["test_acc"])[:, -1]
+
+
+def sequential(prep, scheds, seeds, epochs):
+    """The same K trainings one after another with ``prep``'s execution (``train_trials``' loop
+    branch for any driver): final test accuracy [K, N]."""
+    tr, out = prep.trainer, []
+    for s, sc in zip(seeds, scheds):
+        carry, rows = train_lib.init_carry(prep, int(s), sc), []
+        for _ in range(epochs):
+            carry, m = tr.run_epoch(carry, prep.data)
+            rows.append(m["test_acc"])
+        out.append(np.asarray(jax.device_get(rows))[-1])  # one host copy per training
+    return np.stack(out)
+
+
+def timed(fn, repeats):
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+# ------------------------------------------------------------------------------------------ the run
+@dataclasses.dataclass
+class Execution:
+    label: str      # "one program" | "sequential"
+    form: str
+    driver: str
+    default: bool   # the backend's default execution (``default_execution``)
+    prep: object = None
+    warm_s: float = float("nan")   # sequential: the shared warm-up (one training, 1 epoch)
+    compile_s: float = float("nan")  # sequential: compile seconds of that warm-up
+    last: tuple = None             # (K, seconds, compile_s) of the last measured K
+
+
+def parse_execution(s, model):
+    if s == "default":
+        return train_lib.default_execution(model)
+    form, _, driver = s.partition("/")
+    if form not in FORMS or driver not in DRIVERS:
+        raise ValueError(s)
+    return form, driver
+
+
+def bench_model(model, args, rows):
+    n_train, n_eval = (args.mlp_train, args.mlp_eval) if model == "mlp" else (args.model1_train, args.model1_eval)
+    ds, source = make_dataset(model, n_train, n_eval, args.mnist)
+    steps = n_train // BATCH
+    print(f"# {model} on {source}: {len(ds.y_train)} train ({steps} steps/epoch), {len(ds.y_val)} val + "
+          f"{len(ds.y_test)} test; {args.epochs} epoch(s) per training", flush=True)
+    base = TrainConfig(dataset=ds.name, model=model, method="coteaching", noise=NOISE, noise_rate=NOISE_RATE,
+                       batch_size=BATCH, epochs=args.epochs, eval_batch_size=n_eval, seed=0, progress=False)
+    preps = {}
+
+    def prep_of(form, driver):
+        if (form, driver) not in preps:
+            preps[form, driver] = train_lib.prepare(base.replace(net_form=form, driver=driver), dataset=ds)
+        return preps[form, driver]
+
+    seqs = []
+    for s in args.sequential:
+        form, driver = parse_execution(s, model)
+        if all((e.form, e.driver) != (form, driver) for e in seqs):
+            seqs.append(Execution("sequential", form, driver,
+                                  default=(form, driver) == train_lib.default_execution(model)))
+    vm = Execution("one program", "vmap", "scan", default=False)
+    for e in seqs + [vm]:
+        e.prep = prep_of(e.form, e.driver)
+    sched = np.asarray(vm.prep.sched, np.float32)
+    data_name = source.split(" (")[0]
+
+    def row(e, k, **kw):
+        r = dict(model=model, data=data_name, execution=e.label + (" (default)" if e.default else ""),
+                 net_form=e.form, driver=e.driver, K=k, epochs=args.epochs, steps_per_epoch=steps)
+        r.update(kw)
+        rows.append(r)
+        return r
+
+    def predicted(e, k):
+        """Seconds the (e, k) cell would take (linear in K from its last measured K); 0 if unknown."""
+        if e.last is None:
+            return 0.0
+        k0, sec, comp = e.last
+        per_training = sec / k0
+        if e.label == "sequential":
+            return per_training * k
+        return comp + per_training * k * (1.0 + 1.0 / args.epochs)  # compile + warm-up epoch + timed
+
+    results = {}
+    for k in args.ks:
+        scheds, seeds = np.tile(sched, (k, 1)), list(range(k))
+        for e in seqs + [vm]:
+            pred = predicted(e, k)
+            if pred > args.budget:
+                print(f"  {e.label} {e.form}/{e.driver} K={k}: skipped (predicted {pred:.0f} s > "
+                      f"--budget {args.budget:g} s)", flush=True)
+                row(e, k, note=f"skipped: predicted {pred:.0f} s > budget {args.budget:g} s")
+                continue
+            note = ""
+            if e.label == "sequential":
+                if math.isnan(e.warm_s):  # one training, 1 epoch: compiles everything every K uses
+                    e.warm_s, e.compile_s, _ = warm_up(e.prep, lambda: sequential(e.prep, scheds[:1], [0], 1))
+                    print(f"  warm-up {e.label} {e.form}/{e.driver}: {e.warm_s:.1f} s", flush=True)
+                sec, acc = timed(lambda: sequential(e.prep, scheds, seeds, args.epochs), args.repeats)
+                if math.isnan(e.compile_s):
+                    e.compile_s = max(e.warm_s - sec / (k * args.epochs), 0.0)
+                comp = e.compile_s
+                temp = xla_temp_mib(e.prep)
+            else:
+                warm, comp, k_run = warm_up(e.prep, lambda: one_program(e.prep, scheds, seeds, 1))
+                print(f"  warm-up {e.label} K={k}: {warm:.1f} s", flush=True)
+                sec, acc = timed(lambda: one_program(e.prep, scheds, seeds, args.epochs), args.repeats)
+                if math.isnan(comp):
+                    comp = max(warm - sec / args.epochs, 0.0)
+                temp = xla_temp_mib(e.prep, k_run)
+                if k_run != k:
+                    note = f"train_trials ran {k_run} trainings (K padded)"
+            e.last = (k, sec, comp)
+            results[e.label, e.form, e.driver, k] = acc
+            if not np.all(np.isfinite(acc)):
+                raise RuntimeError(f"{model} {e.label} {e.form}/{e.driver} K={k}: non-finite test accuracy")
+            r = row(e, k, seconds=sec, s_per_training=sec / k, trainings_per_s=k / sec,
+                    trainings_per_h=3600.0 * k / sec, compile_s=comp, peak_mib=peak_mib(), xla_temp_mib=temp,
+                    note=note)
+            print(f"  {e.label} {e.form}/{e.driver} K={k}: {sec:.2f} s, {r['trainings_per_s']:.3g} trainings/s "
+                  f"({r['trainings_per_h']:.0f}/h), compile {comp:.1f} s", flush=True)
+    # ratios and the sanity check against the first sequential execution (the reference), per K
+    d = seqs[0]
+    for r in rows:
+        if r["model"] != model or "seconds" not in r:
+            continue
+        ref = next((x for x in rows if x["model"] == model and x["K"] == r["K"] and "seconds" in x
+                    and x["execution"].startswith("sequential") and (x["net_form"], x["driver"]) == (d.form, d.driver)),
+                   None)
+        if ref is not None:
+            r["ratio"] = r["trainings_per_s"] / ref["trainings_per_s"]
+        if r["execution"] == "one program" and (d.label, d.form, d.driver, r["K"]) in results:
+            a = results["one program", "vmap", "scan", r["K"]]
+            b = results[d.label, d.form, d.driver, r["K"]]
+            r["max_dacc"] = float(np.abs(a - b).max())
+
+
+# ------------------------------------------------------------------------------------------ report
+COLUMNS = ("model", "data", "execution", "net_form", "driver", "K", "epochs", "steps_per_epoch", "seconds",
+           "s_per_training", "trainings_per_s", "trainings_per_h", "ratio", "compile_s", "max_dacc",
+           "peak_mib", "xla_temp_mib", "note")
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        if v != v:
+            return "-"
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def _cells(rows):
+    return [[_fmt(r.get(c, float("nan") if c != "note" else "")) for c in COLUMNS] for r in rows]
+
+
+def render(rows):
+    cells = _cells(rows)
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(COLUMNS)]
+    line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(x) for x in cells])
+
+
+def markdown(rows, header, notes):
+    out = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(x) + " |" for x in _cells(rows)]
+    return "\n".join(out + [""] + notes) + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ks", default=None, help="comma list of trial counts K (default 1,2,4,8; 1,2 with --quick)")
+    p.add_argument("--models", default="mlp,model1", help="comma list of: mlp, model1")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per training (default 2; 1 with --quick)")
+    p.add_argument("--sequential", default="default",
+                   help="comma list of sequential executions: 'default' (default_execution) and/or FORM/DRIVER, "
+                        "e.g. default,vmap/scan; the first is the reference of ratio and max_dacc (default: default)")
+    p.add_argument("--repeats", type=int, default=1, help="timed calls per cell, median reported (default 1)")
+    p.add_argument("--budget", type=float, default=90.0,
+                   help="skip a cell whose predicted seconds exceed this (default 90; 'inf' runs everything)")
+    p.add_argument("--mnist", default=DEFAULT_MNIST, help="MNIST .npz for the mlp (random data if absent)")
+    p.add_argument("--mlp-train", type=int, default=None, help="mlp training images (default 6000; 1280 with --quick)")
+    p.add_argument("--mlp-eval", type=int, default=None,
+                   help="mlp val and test images each (default 500; 128 with --quick)")
+    p.add_argument("--model1-train", type=int, default=None,
+                   help="model1 training images (default 2000; 512 with --quick)")
+    p.add_argument("--model1-eval", type=int, default=None,
+                   help="model1 val and test images each (default 256; 128 with --quick)")
+    p.add_argument("--quick", action="store_true", help="smoke test: K = 1, 2, 1 epoch, small data")
+    p.add_argument("--out", default=None, help="directory to write table.md and table.csv")
+    args = p.parse_args(argv)
+    q = args.quick
+    defaults = dict(ks="1,2" if q else "1,2,4,8", epochs=1 if q else 2, mlp_train=1280 if q else 6000,
+                    mlp_eval=128 if q else 500, model1_train=512 if q else 2000, model1_eval=128 if q else 256)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    try:
+        args.ks = [int(x) for x in args.ks.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--ks: expected a comma list of positive integers, got {args.ks!r}")
+    if not args.ks or min(args.ks) < 1:
+        p.error("--ks: expected a comma list of positive integers")
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.models or any(m not in ("mlp", "model1") for m in args.models):
+        p.error(f"--models: expected a comma list of mlp, model1, got {args.models}")
+    args.sequential = [s.strip() for s in args.sequential.split(",") if s.strip()]
+    for s in args.sequential:
+        try:
+            parse_execution(s, "mlp")
+        except ValueError:
+            p.error(f"--sequential: expected 'default' or FORM/DRIVER with FORM in {FORMS} and DRIVER in "
+                    f"{DRIVERS}, got {s!r}")
+    if not args.sequential:
+        p.error("--sequential: give at least one execution")
+    if args.epochs < 1 or args.repeats < 1 or args.budget <= 0:
+        p.error("--epochs and --repeats must be >= 1, --budget > 0")
+    for name in ("mlp_train", "model1_train"):
+        if getattr(args, name) < BATCH:
+            p.error(f"--{name.replace('_', '-')}: needs at least one batch ({BATCH} images)")
+    if min(args.mlp_eval, args.model1_eval) < 1:
+        p.error("--mlp-eval and --model1-eval must be >= 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    listen_to_compiles()
+    load_before = os.getloadavg()
+    t_start = time.perf_counter()
+    rows = []
+    for model in args.models:
+        bench_model(model, args, rows)
+    total = time.perf_counter() - t_start
+    load_after = os.getloadavg()
+    dev = jax.devices()[0]
+    header = (f"K Co-teaching trainings in one program vs one after another: {NOISE} noise {NOISE_RATE:g}, "
+              f"batch {BATCH}, {args.epochs} epoch(s) per training; jax {jax.__version__} "
+              f"({jax.default_backend()}: {dev.device_kind}), {os.cpu_count()} CPU cores ({platform.machine()}); "
+              f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; total {total:.0f} s")
+    notes = [
+        "- one program: `train_trials` with net_form vmap, driver scan (vmap over the trial axis); sequential: "
+        "the K trainings one after another (`init_carry` + `run_epoch`), `(default)` = `default_execution`.",
+        "- seconds: the K trainings (init + epochs + metrics to host), after a warm-up call of the same shapes"
+        + (f"; median of {args.repeats} calls" if args.repeats > 1 else "") + ". compile_s: trace + lowering + "
+        "XLA compile seconds during the warm-up call (sequential: compiled once, shared by every K).",
+        f"- ratio: trainings/s over the trainings/s of sequential `{args.sequential[0]}` at the same K (> 1: faster).",
+        "- max_dacc: largest |difference| of final test accuracy (any trial, any network) between one program and "
+        f"sequential `{args.sequential[0]}`.",
+        "- peak_mib: process peak so far (CPU: ru_maxrss; GPU: peak_bytes_in_use), only grows down the table; "
+        "xla_temp_mib: XLA scratch of the epoch (scan) or step (loop) program.",
+    ]
+    if load_before[0] > (os.cpu_count() or 1) * 0.5:
+        notes.append(f"- WARNING: the machine was busy (load average {load_before[0]:.1f} on {os.cpu_count()} "
+                     "cores): absolute numbers are noisy; compare rows of the same K (measured back to back).")
+    print()
+    print(header)
+    print(render(rows))
+    print("\n".join(notes))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "table.md"), "w") as f:
+            f.write(markdown(rows, header, notes))
+        with open(os.path.join(args.out, "table.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({c: r.get(c, "") for c in COLUMNS})
+        print(f"wrote {os.path.join(args.out, 'table.md')} and table.csv")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
