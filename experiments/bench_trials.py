@@ -4,17 +4,18 @@ run one after another, in the same run; trainings per second and the ratio, for 
 
 What is compared, per model and per K (``--ks``, default 1, 2, 4, 8):
 
-* ``one program``: ``s2e_jax.train.train_trials(prep, scheds [K, P], seeds [K])`` with
-  ``net_form=vmap, driver=scan``: the K trainings are one jitted program per epoch (``jax.vmap`` over
-  the trial axis of ``Trainer.epoch``, itself a ``lax.scan`` over the batches) — what a schedule
-  search runs on a GPU.
+* ``one program``: ``s2e_jax.train.train_trials(prep, scheds [K, P], seeds [K], one_program=True)``
+  with ``net_form=vmap, driver=scan``: the K trainings are one jitted program per epoch
+  (``jax.vmap`` over the trial axis of ``Trainer.epoch``, itself a ``lax.scan`` over the batches),
+  what a schedule search runs on a GPU.
 * ``sequential``: the same K trainings one after another with the backend's default execution
   (``s2e_jax.train.default_execution``): per training ``init_carry`` then ``Trainer.run_epoch`` once
-  per epoch, metrics fetched at the end of each training (the loop branch of ``train_trials``). On
-  the CPU that is ``vmap/scan`` for the MLP and ``fused/loop`` for Model 1 (conv nets inside
-  ``lax.scan`` hit jax-ml/jax#12868 on XLA's CPU backend); on a GPU ``vmap/scan`` for both.
-  ``--sequential default,vmap/scan`` adds more sequential executions (e.g. the one program's own
-  form run one training at a time, which separates the effect of vmapping trials from the form).
+  per epoch, metrics fetched at the end of each training (what ``train_trials`` does with
+  ``one_program=False``, its CPU default). On the CPU that is ``vmap/scan`` for the MLP and
+  ``fused/loop`` for Model 1 (conv nets inside ``lax.scan`` hit jax-ml/jax#12868 on XLA's CPU
+  backend); on a GPU ``vmap/scan`` for both. ``--sequential default,vmap/scan`` adds more
+  sequential executions (e.g. the one program's own form run one training at a time, which
+  separates the effect of vmapping trials from the form).
 
 Every training: Co-teaching (2 networks, R(t) of eq. (1) with tau = 0.5, t_k = 10, c = 1), symmetric
 noise 0.5, batch 128 (drop_last), Adam lr 1e-3, ``--epochs`` epochs (default 2; the same for every K
@@ -202,8 +203,9 @@ def xla_temp_mib(prep, k=None):
 
 
 def one_program(prep, scheds, seeds, epochs):
-    """K trainings as one vmapped program (``train_trials`` with the scan driver): final test acc [K, N]."""
-    m = train_lib.train_trials(prep, scheds, seeds, epochs=epochs)
+    """K trainings as one vmapped program (``train_trials`` with the scan driver and
+    ``one_program=True``, which is its default on GPU/TPU only): final test accuracy [K, N]."""
+    m = train_lib.train_trials(prep, scheds, seeds, epochs=epochs, one_program=True)
     return np.asarray(m["test_acc"])[:, -1]
 
 

@@ -506,9 +506,10 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
     epochs = tr.epochs if epochs is None else epochs
     scheds = np.asarray(scheds, np.float32)
     if one_program is None:
-        # measured (experiments/bench_trials.py, 2-core CPU): K vmapped MLP trainings ran at 0.73-0.83x
-        # of the same K one after another (XLA already uses both cores for one), vmapped Model 1 at
-        # 0.11-0.37x (grouped convolutions); so one program is the default on GPU/TPU only
+        # measured (experiments/bench_trials.py, 2-core CPU): K vmapped MLP trainings ran at ~0.7-1.4x
+        # of the same K one after another (XLA already uses both cores for one); vmapped Model 1 at
+        # 0.11-0.8x, falling with K (grouped-convolution kernel gradients); so one program is the
+        # default on GPU/TPU only
         one_program = jax.default_backend() != "cpu"
     if tr.driver == "scan" and one_program:
         k = len(seeds)
