@@ -6,7 +6,7 @@ the mean over search seeds of the best validation accuracy of a full training so
 ``fig6.png`` (one panel per noise setting) and ``fig6.md`` (best validation accuracy and its test
 accuracy at the end of the budget).
 
-    python experiments/fig6.py --dataset ../shared/data/mnist.npz --scale cpu --noises pair:0.45
+    python experiments/fig6.py --dataset ../shared/data/mnist.npz --scale cpu
 """
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ def main(argv=None):
     sc = study.scale
     seeds = tuple(args.search_seeds) if args.search_seeds else sc.algo_seeds
     budget = sc.algo_iterations * sc.algo_samples
-    fig, axes = paper.panels(len(sc.noises))
+    fig, axes = paper.panels(len(sc.algo_noises))
     rows = []
-    for ax, (kind, rate) in zip(axes, sc.noises):
+    for ax, (kind, rate) in zip(axes, sc.algo_noises):
         for algo in args.algos:
             bests, tests = [], []
             for seed in seeds:
