@@ -25,6 +25,7 @@ FCORR_ESTIMATORS = ("percentile97", "argmax")
 MODELS = ("auto", "mlp", "model1", "model2", "model3")
 NET_FORMS = ("auto", "vmap", "unroll", "fused")
 DRIVERS = ("auto", "scan", "loop")
+PRECISIONS = ("float32", "bfloat16")
 
 
 def _fail(field: str, problem: str):
@@ -87,6 +88,8 @@ class TrainConfig:
     net_form: str = "auto"             # how the network axis is computed: vmap | unroll | fused
     driver: str = "auto"               # epoch driver: scan (one jitted lax.scan) | loop (jitted steps)
     eval_batch_size: int = 1000
+    precision: str = "float32"         # float32 | bfloat16 (bf16 compute, float32 master weights)
+    memory_budget_mib: Optional[float] = None  # per-device budget of K trials in one program; None: auto
     out: Optional[str] = None          # run directory; None writes nothing
     progress: bool = True
 
@@ -119,6 +122,9 @@ class TrainConfig:
         _check_choice("net_form", self.net_form, NET_FORMS)
         _check_choice("driver", self.driver, DRIVERS)
         _check_int("eval_batch_size", self.eval_batch_size, 1)
+        _check_choice("precision", self.precision, PRECISIONS)
+        if self.memory_budget_mib is not None:
+            _check_float("memory_budget_mib", self.memory_budget_mib, 0.0, lo_open=True)
         if self.init_epochs != "auto":
             _check_int("init_epochs", self.init_epochs, 0)
         if self.fcorr_warmup_epochs is not None:

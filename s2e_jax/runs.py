@@ -12,8 +12,17 @@ import numpy as np
 from s2e_jax.config import ConfigError, save_json
 
 
+def is_writer() -> bool:
+    """Only process 0 writes files (``--distributed``: every process runs, one writes)."""
+    from s2e_jax import parallel
+
+    return parallel.is_main_process()
+
+
 def atomic_write_text(path: str, text: str):
-    """Write ``text`` to ``path`` atomically (temp file, fsync, rename)."""
+    """Write ``text`` to ``path`` atomically (temp file, fsync, rename); process 0 only."""
+    if not is_writer():
+        return
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
@@ -23,7 +32,10 @@ def atomic_write_text(path: str, text: str):
 
 
 def append_line(path: str, line: str):
-    """Append one line and fsync it: a killed process leaves at most a partial last line."""
+    """Append one line and fsync it: a killed process leaves at most a partial last line.
+    Process 0 only."""
+    if not is_writer():
+        return
     with open(path, "a") as f:
         f.write(line.rstrip("\n") + "\n")
         f.flush()
@@ -62,7 +74,7 @@ def _scalar_columns(row: dict) -> dict:
 
 class RunDir:
     """A run directory. :meth:`create` refuses a directory that already holds files;
-    :meth:`open` (resume) reuses one."""
+    :meth:`open` (resume) reuses one. Every process may read it; only process 0 creates or writes."""
 
     def __init__(self, root: str):
         self.root = root
@@ -72,12 +84,14 @@ class RunDir:
         if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
             raise ConfigError(f"out: run directory already exists and is not empty: {root} "
                               "(choose another --out; nothing was overwritten)")
-        os.makedirs(root, exist_ok=True)
+        if is_writer():
+            os.makedirs(root, exist_ok=True)
         return cls(root)
 
     @classmethod
     def open(cls, root: str) -> "RunDir":
-        os.makedirs(root, exist_ok=True)
+        if is_writer():
+            os.makedirs(root, exist_ok=True)
         return cls(root)
 
     def path(self, name: str) -> str:
@@ -87,7 +101,8 @@ class RunDir:
         return os.path.exists(self.path(name))
 
     def write_json(self, name: str, obj):
-        save_json(obj, self.path(name))
+        if is_writer():
+            save_json(obj, self.path(name))
 
     def read_json(self, name: str):
         with open(self.path(name)) as f:
@@ -95,6 +110,8 @@ class RunDir:
 
     def append_metrics_row(self, epoch: int, row: dict, name: str = "metrics.csv"):
         """Append one epoch's metrics to a CSV (header written with the first row)."""
+        if not is_writer():
+            return
         cols = dict(epoch=epoch, **_scalar_columns(row))
         path = self.path(name)
         new = not os.path.exists(path)

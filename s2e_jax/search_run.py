@@ -69,8 +69,10 @@ class SearchConfig:
 def _identity(cfg: SearchConfig) -> dict:
     """What must match to resume into a directory (the data, the noise, the training, the seed)."""
     t = cfg.train.to_dict()
-    for k in ("out", "progress", "net_form", "driver", "eval_batch_size"):
+    for k in ("out", "progress", "net_form", "driver", "eval_batch_size", "memory_budget_mib"):
         t.pop(k, None)
+    if t.get("precision") == "float32":  # the default: directories made before the field match
+        t.pop("precision")
     return dict(train=t, space=cfg.space, objective=cfg.objective)
 
 
@@ -136,7 +138,9 @@ def run(cfg: SearchConfig, dataset=None) -> dict:
     cfg.validate()
     space = schedules.get_space(cfg.space)
     root = runs.RunDir.open(cfg.out) if cfg.out else None
-    if root is not None:
+    # --distributed: every process reads the directory (resume needs it on a shared file system);
+    # process 0 checks it and is the only one that writes (s2e_jax.runs)
+    if root is not None and runs.is_writer():
         ident = _identity(cfg)
         if root.exists("search_config.json"):
             old = root.read_json("search_config.json")
@@ -214,7 +218,7 @@ def _finish(cfg, searcher, space, algo_dir, root, cache):
                    best_label_precision=None if best_trial is None else best_trial["label_precision"])
     if hasattr(searcher, "theta"):
         summary["theta"] = [float(v) for v in searcher.theta]
-    if algo_dir is not None:
+    if algo_dir is not None and runs.is_writer():
         algo_dir.write_json("result.json", summary)
         if x is not None:
             schedules.save_schedule_file(algo_dir.path("best_schedule.json"), space, x, cfg.train.epochs,

@@ -18,7 +18,9 @@ measured per backend (``experiments/bench_train.py``); every choice gives the sa
 - ``scan``: one epoch = one jitted ``lax.scan`` over batches,
 - ``loop``: a Python loop of jitted steps (conv nets on XLA's CPU backend, jax-ml/jax#12868).
 
-K independent trainings (trials: schedules, seeds) are one more leading axis (:func:`train_trials`).
+K independent trainings (trials: schedules, seeds) are one more leading axis (:func:`train_trials`),
+sharded over every device and host by :mod:`s2e_jax.parallel`. ``precision="bfloat16"`` computes the
+networks in bfloat16 on float32 master weights (losses and selection stay float32).
 """
 from __future__ import annotations
 
@@ -70,6 +72,19 @@ def device_data(ds, is_clean, transition=None) -> DeviceData:
 def normalize(x, mean, std):
     """uint8 images -> float32, per-channel standardized (done per batch, on the device)."""
     return (x.astype(jnp.float32) / 255.0 - mean) / std
+
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def _bf16_interceptor(next_fun, args, kwargs, context):
+    """Flax method interceptor: a Dense or Conv layer gets its input in bfloat16 (a BatchNorm's
+    float32 output included), so that every matmul/convolution of the network runs in bfloat16."""
+    import flax.linen as nn
+
+    if context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.Conv)) and args:
+        args = (jnp.asarray(args[0]).astype(jnp.bfloat16),) + tuple(args[1:])
+    return next_fun(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------- state
@@ -134,10 +149,13 @@ class Trainer:
     eval_batch_size: int = 1000
     sample_loss: Callable = selection.cross_entropy
     weights_fn: Optional[Callable] = None
+    precision: str = "float32"
 
     def __post_init__(self):
         if (self.rule is None) == (self.weights_fn is None):
             raise ValueError("Trainer: give exactly one of rule and weights_fn")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: unknown value {self.precision!r} (expected one of {', '.join(PRECISIONS)})")
         if self.batch_size > self.n_train:
             raise ConfigError(f"batch_size: {self.batch_size} is larger than the training set "
                               f"({self.n_train} examples)")
@@ -165,7 +183,26 @@ class Trainer:
         return self.model.apply(self._variables(p, bs), x, **kw), bs
 
     def forward(self, params, batch_stats, x, key, train):
-        """Logits [N, B, C] of the N networks on one batch, and their updated BatchNorm stats."""
+        """Logits [N, B, C] of the N networks on one batch, and their updated BatchNorm stats.
+
+        With ``precision="bfloat16"`` the float32 master parameters and the inputs are cast to
+        bfloat16 for the forward (and so the backward) pass, every Dense/Conv computes in bfloat16
+        (:func:`_bf16_interceptor`), BatchNorm statistics stay float32, and the logits come back as
+        float32: losses, softmax and the small-loss selection are float32.
+        """
+        if self.precision == "float32":
+            return self._forward(params, batch_stats, x, key, train)
+        import flax.linen as nn
+
+        dt = jnp.bfloat16
+        cast = lambda t: jax.tree_util.tree_map(  # noqa: E731
+            lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, t)
+        with nn.intercept_methods(_bf16_interceptor):
+            logits, new_bs = self._forward(cast(params), batch_stats, x.astype(dt), key, train)
+        new_bs = jax.tree_util.tree_map(lambda new, old: new.astype(old.dtype), new_bs, batch_stats)
+        return logits.astype(jnp.float32), new_bs
+
+    def _forward(self, params, batch_stats, x, key, train):
         n = self.num_nets
         keys = jnp.stack([jax.random.fold_in(key, i) for i in range(n)])  # own dropout key per net
         if self.net_form == "vmap":
@@ -398,7 +435,7 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
                       net_form=form if config.net_form == "auto" else config.net_form,
                       driver=driver if config.driver == "auto" else config.driver,
                       eval_batch_size=config.eval_batch_size, sample_loss=spec.sample_loss,
-                      weights_fn=spec.weights_fn)
+                      weights_fn=spec.weights_fn, precision=config.precision)
     noise_info = dict(actual_noise_rate=float(1.0 - is_clean.mean()), n_train=int(len(ds.y_train)),
                       n_val=int(len(ds.y_val)), n_test=int(len(ds.y_test)), num_classes=int(ds.num_classes))
     transition = None
@@ -463,14 +500,15 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
     >>> result = train(TrainConfig(dataset="digits", noise="pair", noise_rate=0.45, epochs=20))
     >>> result.summary["final_test_acc"]
     """
-    from s2e_jax import runs
+    from s2e_jax import parallel, runs
 
     prep = prepare(config, dataset)
-    run = runs.RunDir.create(config.out) if config.out else None
+    run = runs.RunDir.create(config.out) if config.out and parallel.is_main_process() else None
     if run:
         run.write_json("config.json", dict(config.to_dict(), model_resolved=prep.model_name,
                                            net_form=prep.trainer.net_form, driver=prep.trainer.driver,
-                                           backend=jax.default_backend(), **prep.noise_info))
+                                           backend=jax.default_backend(), processes=jax.process_count(),
+                                           **prep.noise_info))
     carry = init_carry(prep, config.seed)
     rows, start = [], time.time()
     bar = runs.progress(config.epochs, "epochs", enabled=config.progress)
@@ -495,12 +533,15 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
 
 
 def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
-                 one_program: Optional[bool] = None):
+                 one_program: Optional[bool] = None, mesh=None, memory_budget_mib: Optional[float] = None):
     """K trainings (schedules ``scheds`` [K, P], seeds [K]) sharing the device data.
 
-    With ``one_program`` (default on GPU/TPU) and the ``scan`` driver the K trainings are one program
-    (``vmap`` over the trial axis); otherwise (the CPU default, by measurement) one after another. Returns per-epoch metrics with
-    a leading trial axis: ``{name: array [K, epochs, ...]}``.
+    With ``one_program`` (default on GPU/TPU, and whenever several processes run) the K trainings are
+    one program: :func:`s2e_jax.parallel.run_trials` shards the trial axis over every device of
+    ``mesh`` (default: all devices of all processes), pads K to a multiple of the device count (padding
+    dropped), and splits K into waves when it would not fit ``memory_budget_mib``. Otherwise (the CPU
+    default, by measurement) one after another with the trainer's own driver. Returns per-epoch
+    metrics with a leading trial axis: ``{name: array [K, epochs, ...]}``.
     """
     tr = prep.trainer
     epochs = tr.epochs if epochs is None else epochs
@@ -509,24 +550,14 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
         # measured (experiments/bench_trials.py, 2-core CPU): K vmapped MLP trainings ran at ~0.7-1.4x
         # of the same K one after another (XLA already uses both cores for one); vmapped Model 1 at
         # 0.11-0.8x, falling with K (grouped-convolution kernel gradients); so one program is the
-        # default on GPU/TPU only
-        one_program = jax.default_backend() != "cpu"
-    if tr.driver == "scan" and one_program:
-        k = len(seeds)
-        # pad K to a power of two (repeating the last trial) so that searches asking for varying
-        # numbers of trainings (Hyperband's rungs) compile a handful of programs, not one per K;
-        # the padded trials are dropped before anything is returned
-        pad = (1 << max(k - 1, 0).bit_length()) - k
-        seeds = list(seeds) + [seeds[-1]] * pad
-        scheds = np.concatenate([scheds, np.repeat(scheds[-1:], pad, 0)])
-        carries = [init_carry(prep, int(s), sc) for s, sc in zip(seeds, scheds)]
-        carry = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *carries)
-        step = _vmapped_epoch(tr)
-        rows = []
-        for _ in range(epochs):
-            carry, m = step(carry, prep.data)
-            rows.append(m)
-        return {k_: np.moveaxis(v, 0, 1)[:k] for k_, v in _stack_epochs([_host(r) for r in rows]).items()}
+        # default on GPU/TPU only (and with several processes, where each feeds its share)
+        one_program = jax.default_backend() != "cpu" or jax.process_count() > 1
+    if one_program:
+        from s2e_jax import parallel
+
+        metrics, _ = parallel.run_trials(prep, scheds, seeds, epochs=epochs, mesh=mesh,
+                                         memory_budget_mib=memory_budget_mib)
+        return metrics
     out = []
     for s, sc in zip(seeds, scheds):
         carry, rows = init_carry(prep, int(s), sc), []
@@ -538,6 +569,7 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
 
 
 def _vmapped_epoch(tr: Trainer):
+    """The K-trial epoch on one device (``jax.vmap`` of :meth:`Trainer.epoch`); benchmarks use it."""
     fn = getattr(tr, "_vepoch", None)
     if fn is None:
         fn = jax.jit(jax.vmap(tr.epoch, in_axes=(0, None)))

@@ -1,0 +1,206 @@
+"""Trials sharded over devices (s2e_jax.parallel): sharded == one device, padding, waves, data stored
+once, bf16 compute, process-0-only writing, the CLI flags."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from s2e_jax import data as data_lib
+from s2e_jax import parallel, runs
+from s2e_jax import train as T
+from s2e_jax.cli import main
+from s2e_jax.config import ConfigError, TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEDS = np.asarray([[0.5, 10.0, 1.0], [0.3, 2.0, 2.0], [0.1, 1.0, 1.0], [0.6, 3.0, 0.5],
+                     [0.2, 5.0, 1.0], [0.4, 1.0, 3.0]], np.float32)
+SEEDS = [3, 4, 5, 6, 7, 8]
+EXACT = ("r", "lr", "kept_fraction", "label_precision", "val_acc", "test_acc")  # equal
+CLOSE = ("train_loss", "val_loss", "test_loss")  # equal up to float32 summation order
+
+
+def small_digits():
+    ds = data_lib.load_dataset("digits")
+    n, e = 512, 128
+    return ds.__class__(ds.name, ds.x_train[:n], ds.y_train[:n], ds.y_train_clean[:n], ds.x_val[:e],
+                        ds.y_val[:e], ds.x_test[:e], ds.y_test[:e], ds.num_classes)
+
+
+def _cfg(**kw):
+    base = dict(dataset="digits", noise="symmetric", noise_rate=0.5, epochs=2, batch_size=64,
+                decay_start=1, eval_batch_size=128, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def prep():
+    return T.prepare(_cfg(), small_digits())
+
+
+def _agree(a, b, exact=EXACT, rtol=1e-5):
+    assert set(a) == set(b)
+    for k in exact:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    for k in CLOSE:
+        np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=1e-6, err_msg=k)
+
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    import numpy as np, jax
+    sys.path.insert(0, {root!r})
+    from tests.test_parallel import SCHEDS, SEEDS, _cfg, small_digits
+    from s2e_jax import parallel, train as T
+    assert jax.device_count() == 4, jax.devices()
+    prep = T.prepare(_cfg(), small_digits())
+    m, rep = parallel.run_trials(prep, SCHEDS, SEEDS)  # K = 6 on 4 devices: 2 per device, 2 padded
+    data = parallel.shared_data(prep, parallel.trial_mesh())
+    np.savez({out!r}, **m)
+    print(json.dumps(dict(rep.to_dict(), data_devices=len(data.x_train.sharding.device_set),
+                          x_dtype=str(data.x_train.dtype))))
+""")
+
+
+def test_sharded_over_4_host_devices_equals_one_device(tmp_path, prep):
+    out = str(tmp_path / "sharded.npz")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip())
+    proc = subprocess.run([sys.executable, "-c", WORKER.format(root=ROOT, out=out)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rep["devices"] == 4 and rep["per_device"] == 2 and rep["padded"] == 8 and rep["waves"] == 1
+    assert rep["data_devices"] == 4 and rep["x_dtype"] == "uint8"
+    sharded = dict(np.load(out))
+    assert jax.device_count() == 1
+    one, rep1 = parallel.run_trials(prep, SCHEDS, SEEDS)  # the same 6 trials, one device (8 per device)
+    assert rep1.devices == 1 and rep1.per_device == 8
+    assert sharded["test_acc"].shape == (6, 2, 2)  # [K, epochs, networks]: no padded trial
+    _agree(sharded, one)
+
+
+def test_padding_never_reaches_results(prep):
+    k = 3  # padded to 4 by repeating the last trial
+    many, rep = parallel.run_trials(prep, SCHEDS[:k], SEEDS[:k])
+    assert rep.padded == 4 and rep.trials == 3
+    assert all(v.shape[0] == k for v in many.values())
+    seq = T.train_trials(prep, SCHEDS[:k], SEEDS[:k], one_program=False)  # one after another
+    _agree(many, seq, exact=("r", "lr", "kept_fraction"), rtol=2e-4)
+    for key in ("test_acc", "label_precision"):
+        np.testing.assert_allclose(many[key], seq[key], atol=1e-5)
+    # trial i is trial i: swapping two trials' seeds swaps their results
+    swapped, _ = parallel.run_trials(prep, SCHEDS[[1, 0, 2]], [SEEDS[1], SEEDS[0], SEEDS[2]])
+    np.testing.assert_allclose(swapped["train_loss"][[1, 0, 2]], many["train_loss"], rtol=1e-5)
+
+
+def test_train_trials_routes_one_program_through_the_mesh(prep):
+    got = T.train_trials(prep, SCHEDS[:2], SEEDS[:2], one_program=True)
+    ref, _ = parallel.run_trials(prep, SCHEDS[:2], SEEDS[:2])
+    _agree(got, ref, rtol=0)
+
+
+def test_waves_give_the_same_results_as_one_wave(prep, capsys):
+    k = 4
+    one, rep = parallel.run_trials(prep, SCHEDS[:k], SEEDS[:k])
+    assert rep.waves == 1 and rep.program_bytes > 0
+    budget = 0.6 * rep.program_bytes / 2**20  # the 4-trial program does not fit, a 2-trial one does
+    capsys.readouterr()
+    waved, rep_w = parallel.run_trials(prep, SCHEDS[:k], SEEDS[:k], memory_budget_mib=budget)
+    err = capsys.readouterr().err
+    assert rep_w.waves == 2 and rep_w.per_device == 2 and rep_w.program_bytes <= rep_w.budget_bytes
+    assert "waves" in err and "memory budget" in err
+    _agree(waved, one)
+    # the config's budget is used when none is given
+    prep_b = dataclasses.replace(prep, config=prep.config.replace(memory_budget_mib=budget))
+    _, rep_c = parallel.run_trials(prep_b, SCHEDS[:k], SEEDS[:k])
+    assert rep_c.waves == 2
+
+
+def test_a_budget_too_small_for_one_trial_is_a_clear_error(prep):
+    with pytest.raises(ConfigError, match="memory_budget_mib"):
+        parallel.run_trials(prep, SCHEDS[:1], SEEDS[:1], memory_budget_mib=0.01)
+    with pytest.raises(ConfigError, match="memory_budget_mib"):
+        parallel.run_trials(prep, SCHEDS[:1], SEEDS[:1], memory_budget_mib=-1)
+    with pytest.raises(ConfigError, match="memory_budget_mib"):
+        _cfg(memory_budget_mib=0).validate()
+
+
+def test_data_is_stored_once_not_per_trial(prep):
+    """Growing the trials per device grows the program's inputs by the carries only: the shared data
+    (uint8 images) is one argument, whatever the number of trials; device 0 reuses prepare's buffer."""
+    mesh = parallel.trial_mesh()
+    data = parallel.shared_data(prep, mesh)
+    assert data.x_train.dtype == jnp.uint8
+    assert data.x_train.addressable_data(0).unsafe_buffer_pointer() == prep.data.x_train.unsafe_buffer_pointer()
+    progs = parallel._programs(prep.trainer, mesh)
+    x_shape = jax.ShapeDtypeStruct((1,) + prep.data.x_train.shape[1:], jnp.float32)
+    args = {}
+    for c in (1, 2):
+        carry = parallel._abstract_carry(prep.trainer, mesh, progs, c, x_shape, SCHEDS.shape[1])
+        mem = progs["epoch"].lower(carry, data).compile().memory_analysis()
+        args[c] = (mem.argument_size_in_bytes, parallel.tree_bytes(carry))
+    one_carry = args[2][1] - args[1][1]
+    assert args[2][0] - args[1][0] == one_carry
+    assert args[1][0] >= parallel.tree_bytes(prep.data) + one_carry
+
+
+def test_bfloat16_compute_float32_masters_accuracy_within_tolerance():
+    """bf16 compute on the MLP: params stay float32, the forward runs in bf16 (logits differ a
+    little), and the final test accuracy after 8 epochs is within 3 points of float32 (same seeds)."""
+    ds = data_lib.load_dataset("digits")
+    accs = {}
+    for p in ("float32", "bfloat16"):
+        cfg = _cfg(epochs=8, decay_start=4, precision=p, eval_batch_size=1000)
+        prep = T.prepare(cfg, ds)
+        carry = T.init_carry(prep, 0)
+        x = T.normalize(prep.data.x_train[:64], prep.data.mean, prep.data.std)
+        logits = prep.trainer.forward(carry.params, carry.batch_stats, x, jax.random.PRNGKey(0), False)[0]
+        assert logits.dtype == jnp.float32
+        jaxpr = str(jax.make_jaxpr(lambda p_: prep.trainer.forward(p_, {}, x, jax.random.PRNGKey(0), False))(
+            carry.params))
+        assert ("dot_general" in jaxpr) and (("preferred_element_type=bfloat16" in jaxpr
+                                              or "bf16[" in jaxpr) == (p == "bfloat16"))
+        accs[p] = (logits, T.train(cfg, ds))
+        params = accs[p][1].carry.params
+        assert all(a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves(params))
+    l32, l16 = accs["float32"][0], accs["bfloat16"][0]
+    rel = float(jnp.abs(l16 - l32).max() / jnp.abs(l32).max())
+    assert 0 < rel < 0.05
+    a32 = accs["float32"][1].summary["final_test_acc"]
+    a16 = accs["bfloat16"][1].summary["final_test_acc"]
+    assert a32 > 0.5 and abs(a16 - a32) <= 0.03, (a32, a16)
+
+
+def test_only_process_0_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(jax, "process_index", lambda *a: 1)
+    assert not parallel.is_main_process() and not runs.is_writer()
+    out = tmp_path / "run"
+    res = T.train(_cfg(epochs=1, out=str(out)), small_digits())
+    assert res.summary["epochs"] == 1 and not out.exists()
+    runs.append_line(str(tmp_path / "x.jsonl"), "{}")
+    runs.atomic_write_text(str(tmp_path / "y.txt"), "y")
+    assert os.listdir(tmp_path) == []
+    monkeypatch.setattr(jax, "process_index", lambda *a: 0)
+    runs.append_line(str(tmp_path / "x.jsonl"), "{}")
+    assert os.listdir(tmp_path) == ["x.jsonl"]
+
+
+def test_cli_flags(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(parallel, "initialize_distributed", lambda **kw: calls.append(kw))
+    assert main(["train", "--epochs", "1", "--no-progress", "--precision", "fp8", "--distributed"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "precision" in err and calls == [{}]
+    assert main(["train", "--epochs", "1", "--no-progress", "--memory-budget-mib", "0"]) == 2
+    assert "memory_budget_mib" in capsys.readouterr().err
+    out = tmp_path / "r"
+    assert main(["train", "--epochs", "1", "--no-progress", "--precision", "bfloat16", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["precision"] == "bfloat16"
