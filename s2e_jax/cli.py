@@ -33,6 +33,14 @@ def _add_train_args(p: argparse.ArgumentParser):
     p.add_argument("--net-form", default=d.net_form, help="auto | vmap | unroll | fused")
     p.add_argument("--driver", default=d.driver, help="auto | scan | loop")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    p.add_argument("--precision", default=d.precision,
+                   help="float32 | bfloat16 (bf16 compute on float32 master weights)")
+    p.add_argument("--memory-budget-mib", type=float, default=None,
+                   help="per-device memory for K trials in one program; more are split into waves "
+                        "(default: 90%% of a GPU/TPU's limit; on a CPU half the RAM)")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (TPU pod, multi-node GPU job): trials "
+                        "are sharded over every process' devices, only process 0 writes files")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -86,6 +94,10 @@ def _add_search_parser(sub):
 
 def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "distributed", False):  # before any other JAX call
+        from s2e_jax import parallel
+
+        parallel.initialize_distributed()
     try:
         if args.command == "train":
             from s2e_jax.train import train
