@@ -235,3 +235,20 @@ def test_cli_asng_end_to_end_and_train_reuses_its_schedule(tmp_path, capsys):
 
 def header_index(run_dir, name):
     return (run_dir / "metrics.csv").read_text().splitlines()[0].split(",").index(name)
+
+
+def test_loop_driver_equals_scan_driver():
+    from s2e_jax import data as data_lib
+
+    ds = data_lib.load_dataset("digits")
+    small = ds.__class__(ds.name, ds.x_train[:256], ds.y_train[:256], ds.y_train_clean[:256], ds.x_val[:128],
+                         ds.y_val[:128], ds.x_test[:128], ds.y_test[:128], ds.num_classes)
+    res = {}
+    for driver in ("scan", "loop"):
+        t = TrainConfig(dataset="digits", noise="pair", noise_rate=0.45, epochs=2, batch_size=64, decay_start=1,
+                        progress=False, seed=3, driver=driver, net_form="vmap")
+        res[driver] = asng.run(asng.AsngConfig(t, retrain=False), small)
+    a, b = res["scan"], res["loop"]
+    assert a["theta_updates"] == b["theta_updates"] > 0 and a["retrain"] is None
+    np.testing.assert_allclose(a["theta"], b["theta"], rtol=1e-5)
+    assert a["shared"]["final_test_acc"] == pytest.approx(b["shared"]["final_test_acc"], abs=1e-6)
