@@ -48,7 +48,7 @@ def main(argv=None):
             os.path.join(study.s2e_search_dir(kind, rate), "newton", "trials.jsonl")))
         with open(os.path.join(study.s2e_search_dir(kind, rate), "newton", "best_schedule.json")) as f:
             s2e_curve = json.load(f)["curve"]
-        asngs = [asng_run(study, kind, rate, seed) for seed in sc.seeds]
+        asngs = [asng_run(study, kind, rate, seed) for seed in sc.asng_seeds]
         rows.append(dict(
             noise=paper.noise_label(kind, rate),
             s2e=paper.mean_std([r["summary"]["final_test_acc"] for r in s2e]),
@@ -60,14 +60,14 @@ def main(argv=None):
         t = np.arange(sc.epochs)
         ax.plot(t, s2e_curve, lw=2, label="S2E (Newton, best)")
         for i, a in enumerate(asngs):
-            ax.plot(t, a["curve"], lw=1, ls="--", label=f"ASNG (mean of p_θ), seed {sc.seeds[i]}")
+            ax.plot(t, a["curve"], lw=1, ls="--", label=f"ASNG (mean of p_θ), seed {sc.asng_seeds[i]}")
         ax.plot(t, paper.coteaching_curve(study, kind, rate), "k:", label="Co-teaching (eq. 1)")
         ax.set(title=paper.noise_label(kind, rate), xlabel="epoch t", ylabel="R(t)", ylim=(0, 1.05))
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7)
     paper.save(fig, study, "table5.png", f"Table 5 — R(t) of S2E and ASNG, {study.dataset}, scale {sc.name}")
     ref = paper.PAPER_TABLE5.get(paper.family(study.dataset), {})
-    table = study.header("Table 5: test accuracy (%) of S2E and ASNG (weight sharing), mean ± std over seeds")
+    table = study.header("Table 5: test accuracy (%) of S2E and ASNG (weight sharing), mean ± std over seeds (ASNG: seeds " + str(list(sc.asng_seeds)) + ")")
     table += ("| noise | S2E final | S2E best | ASNG final (retrained) | ASNG best (retrained) | "
               "ASNG shared networks, final | S2E search s | ASNG search s |" + (" paper S2E | paper ASNG |" if ref else "")
               + "\n" + "|---" * (8 + (2 if ref else 0)) + "|\n")
