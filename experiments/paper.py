@@ -177,6 +177,7 @@ class Study:
     # ------------------------------------------------------------------------- cached runs
     def run(self, cfg: TrainConfig, run_dir: str) -> dict:
         """One training into ``run_dir`` (reused when finished): summary plus per-epoch metrics."""
+        run_dir = os.path.normpath(run_dir)
         done = os.path.join(run_dir, "summary.json")
         if not os.path.exists(done):
             if os.path.isdir(run_dir) and os.listdir(run_dir):  # killed earlier: keep it, run again
