@@ -21,7 +21,8 @@ JAX: the trainer is built as ``s2e_jax.train.prepare`` builds it (``Trainer`` + 
 (``--n-eval`` = 256 examples each) and the PyTorch loop does the same per-epoch evaluation, so both
 sides time the same work.
 
-PyTorch: the released Co-teaching code's loop (per-step Python, ``DataLoader(TensorDataset,
+PyTorch: the released Co-teaching code's loop (on ``--torch-device``, default cuda when available;
+batches moved to it per step as the released code's ``.cuda()``) (per-step Python, ``DataLoader(TensorDataset,
 shuffle=True, drop_last=True)``, forward both nets, per-sample CE, argsort, keep the floor(R*B)
 smallest, cross update, ``zero_grad/backward/step`` per network). Inputs are pre-normalized float32
 NCHW tensors (no per-sample transforms). Threads: torch's default (``torch.get_num_threads()``,
@@ -45,6 +46,11 @@ Usage::
     python experiments/bench_train.py --quick         # smoke test (few steps)
     python experiments/bench_train.py --models model1 --forms fused --drivers loop --out results/bench
     python experiments/bench_train.py --no-torch      # JAX only (torch not installed)
+    # every Table 4 model, the backend's default execution only, reduced sizes (the README's table):
+    python experiments/bench_train.py --models mlp,model1,model2,model3 --forms auto \
+        --steps mlp=40,model1=10,model2=3,model3=1 --repeats 2
+    # on a GPU (PyTorch on cuda when available; --precision bfloat16 for bf16 compute):
+    python experiments/bench_train.py --models mlp,model1,model2,model3 --forms auto --torch-threads default
 
 Optional requirement: ``pip install -r requirements-bench.txt`` (torch, CPU).
 """
@@ -85,9 +91,13 @@ DRIVERS = ("scan", "loop")
 
 
 # ------------------------------------------------------------------------------------------ data
-def _symmetric_noise(y, rate, rng):
+MODELS = ("mlp", "model1", "model2", "model3")
+CLASSES = dict(mlp=10, model1=10, model2=100, model3=10)  # Table 4: Model 2 is CIFAR-100's
+
+
+def _symmetric_noise(y, rate, rng, num_classes=NUM_CLASSES):
     flip = rng.random(len(y)) < rate
-    other = (y + rng.integers(1, NUM_CLASSES, len(y))) % NUM_CLASSES
+    other = (y + rng.integers(1, num_classes, len(y))) % num_classes
     return np.where(flip, other, y).astype(np.int32)
 
 
@@ -109,14 +119,15 @@ def make_dataset(model, n_train, n_eval, seed, mnist_path):
         ds = None
     if ds is None:
         shape = (28, 28, 1) if model == "mlp" else (32, 32, 3)
+        nc = CLASSES[model]
         img = lambda n: rng.integers(0, 256, (n,) + shape, dtype=np.uint8)  # noqa: E731
-        lab = lambda n: rng.integers(0, NUM_CLASSES, n).astype(np.int32)  # noqa: E731
+        lab = lambda n: rng.integers(0, nc, n).astype(np.int32)  # noqa: E731
         y = lab(n_train)
         ds = data_lib.Dataset(name=f"random{shape}", x_train=img(n_train), y_train=y, y_train_clean=y.copy(),
                               x_val=img(n_eval), y_val=lab(n_eval), x_test=img(n_eval), y_test=lab(n_eval),
-                              num_classes=NUM_CLASSES)
-        source = f"random uint8 {'x'.join(map(str, shape))}"
-    y_noisy = _symmetric_noise(ds.y_train_clean, 0.2, rng)
+                              num_classes=nc)
+        source = f"random uint8 {'x'.join(map(str, shape))}" + (f", {nc} classes" if nc != NUM_CLASSES else "")
+    y_noisy = _symmetric_noise(ds.y_train_clean, 0.2, rng, ds.num_classes)
     ds = dataclasses.replace(ds, y_train=y_noisy)
     return ds, y_noisy == ds.y_train_clean, source
 
@@ -130,11 +141,12 @@ class JaxRunner:
     """One (net_form, driver) trainer; ``warmup()`` runs the first epoch (compile), ``epoch()`` one
     timed epoch of ``trainer.run_epoch`` ended by ``jax.block_until_ready`` on (carry, metrics)."""
 
-    def __init__(self, ds, is_clean, model_name, form, driver, n_eval, seed=0):
+    def __init__(self, ds, is_clean, model_name, form, driver, n_eval, seed=0, precision="float32"):
         model = models_lib.get_model(model_name, ds.num_classes)
         self.trainer = train_lib.Trainer(model, 2, selection.coteaching_rule, schedules.coteaching_rate,
                                          epochs=EPOCHS, batch_size=BATCH, n_train=len(ds.y_train), lr=LR,
-                                         net_form=form, driver=driver, eval_batch_size=n_eval)
+                                         net_form=form, driver=driver, eval_batch_size=n_eval,
+                                         precision=precision)
         self.data = train_lib.device_data(ds, is_clean)
         net_keys, data_key = train_lib.seed_keys(seed, 2)
         sched = np.asarray([TAU, T_K, C], np.float32)
@@ -193,17 +205,32 @@ def torch_model(name, in_shape):
             tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
             tnn.Linear(16 * side * side, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(),
             tnn.Linear(84, NUM_CLASSES))
+    if name == "model2":  # Co-teaching+'s CNN (s2e_jax.models.Model2)
+        layers, cin = [], c
+        for features, pool in ((64, False), (64, True), (128, False), (128, True), (196, False), (16, True)):
+            layers += [tnn.Conv2d(cin, features, 3, padding=1), tnn.BatchNorm2d(features), tnn.ReLU()]
+            layers += [tnn.MaxPool2d(2)] if pool else []
+            cin = features
+        return tnn.Sequential(*layers, tnn.Flatten(), tnn.Linear(16 * (h // 8) * (w // 8), CLASSES["model2"]))
+    if name == "model3":  # Co-teaching's 9-layer CNN (s2e_jax.models.Model3)
+        layers, cin = [], c
+        for i, (features, pad) in enumerate(((128, 1), (128, 1), (128, 1), (256, 1), (256, 1), (256, 1),
+                                             (512, 0), (256, 0), (128, 0))):
+            layers += [tnn.Conv2d(cin, features, 3, padding=pad), tnn.BatchNorm2d(features), tnn.LeakyReLU(0.01)]
+            layers += [tnn.MaxPool2d(2), tnn.Dropout2d(0.25)] if i in (2, 5) else []
+            cin = features
+        return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(128, NUM_CLASSES))
     raise ValueError(f"no PyTorch version of {name}")
 
 
 class TorchRunner:
     """The released Co-teaching loop in PyTorch (CPU) with ``threads`` intra-op threads."""
 
-    def __init__(self, ds, model_name, threads, seed=0):
+    def __init__(self, ds, model_name, threads, seed=0, device="cpu"):
         import torch
         from torch.utils.data import DataLoader, TensorDataset
 
-        self.torch, self.threads = torch, threads
+        self.torch, self.threads, self.device = torch, threads, torch.device(device)
         torch.manual_seed(seed)
         x = ds.x_train.astype(np.float32) / 255.0
         mean = x.reshape(-1, x.shape[-1]).mean(0)
@@ -212,9 +239,9 @@ class TorchRunner:
                                           .transpose(0, 3, 1, 2).copy())
         train_set = TensorDataset(to_t(ds.x_train), torch.from_numpy(ds.y_train.astype(np.int64)))
         self.loader = DataLoader(train_set, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=0)
-        self.evals = [(to_t(ds.x_val), torch.from_numpy(ds.y_val.astype(np.int64))),
-                      (to_t(ds.x_test), torch.from_numpy(ds.y_test.astype(np.int64)))]
-        self.nets = [torch_model(model_name, ds.x_train.shape[1:]) for _ in range(2)]
+        self.evals = [(to_t(ds.x_val).to(self.device), torch.from_numpy(ds.y_val.astype(np.int64)).to(self.device)),
+                      (to_t(ds.x_test).to(self.device), torch.from_numpy(ds.y_test.astype(np.int64)).to(self.device))]
+        self.nets = [torch_model(model_name, ds.x_train.shape[1:]).to(self.device) for _ in range(2)]
         self.opts = [torch.optim.Adam(n.parameters(), lr=LR) for n in self.nets]
         self.steps = len(self.loader)
         self.t = 0
@@ -228,6 +255,7 @@ class TorchRunner:
         r = max(min(1.0 - TAU * min((self.t / T_K) ** C, 1.0), 1.0), 0.01)
         total, steps = 0.0, 0
         for xb, yb in self.loader:
+            xb, yb = xb.to(self.device), yb.to(self.device)  # the released code's .cuda() per step
             out1, out2 = net1(xb), net2(xb)
             ce1 = F.cross_entropy(out1, yb, reduction="none")
             ce2 = F.cross_entropy(out2, yb, reduction="none")
@@ -258,6 +286,8 @@ class TorchRunner:
         try:
             t0 = time.perf_counter()
             self._epoch()
+            if self.device.type == "cuda":
+                self.torch.cuda.synchronize()
             return time.perf_counter() - t0
         finally:
             self.torch.set_num_threads(prev)
@@ -376,12 +406,17 @@ def markdown(rows, header, notes):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=None,
-                   help="training steps per timed epoch (default: 150 for mlp, 60 for model1; 8 with --quick)")
+    p.add_argument("--steps", default=None,
+                   help="training steps per timed epoch: N for every model, or MODEL=N,... (default: mlp 150, "
+                        "model1 60, model2 20, model3 5; 8/8/2/2 with --quick)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed epochs per configuration after the warm-up epoch (default 3; 1 with --quick)")
-    p.add_argument("--models", default="mlp,model1", help="comma list of: mlp, model1")
-    p.add_argument("--forms", default=",".join(FORMS), help="comma list of net_form: vmap, unroll, fused")
+    p.add_argument("--models", default="mlp,model1", help="comma list of: mlp, model1, model2, model3")
+    p.add_argument("--forms", default=",".join(FORMS),
+                   help="comma list of net_form: vmap, unroll, fused, or 'auto' (the backend's default "
+                        "execution, s2e_jax.train.default_execution; --drivers is then ignored for it)")
+    p.add_argument("--precision", default="float32", help="JAX compute precision: float32 | bfloat16")
+    p.add_argument("--torch-device", default=None, help="PyTorch device (default: cuda when available, else cpu)")
     p.add_argument("--drivers", default=",".join(DRIVERS), help="comma list of driver: scan, loop")
     p.add_argument("--budget", type=float, default=12.0,
                    help="seconds of timed epochs after which a configuration gets no more repeats "
@@ -405,8 +440,10 @@ def parse_args(argv=None):
             p.error(f"--{what}: expected a comma list of {', '.join(allowed)}, got {s!r}")
         return xs
 
-    args.models = listed(args.models, ("mlp", "model1"), "models")
-    args.forms = listed(args.forms, FORMS, "forms")
+    args.models = listed(args.models, MODELS, "models")
+    args.forms = listed(args.forms, FORMS + ("auto",), "forms")
+    if args.precision not in train_lib.PRECISIONS:
+        p.error(f"--precision: expected one of {', '.join(train_lib.PRECISIONS)}, got {args.precision!r}")
     args.drivers = listed(args.drivers, DRIVERS, "drivers")
     threads = listed(args.torch_threads, None, "torch-threads")
     if any(t != "default" and not (t.isdigit() and int(t) > 0) for t in threads):
@@ -414,17 +451,29 @@ def parse_args(argv=None):
     args.torch_threads = threads
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
-    if (args.steps is not None and args.steps < 1) or args.repeats < 1 or args.n_eval < 1:
+    steps = {}
+    if args.steps is not None:
+        try:
+            for item in args.steps.split(","):
+                name, _, n = item.strip().rpartition("=")
+                for m in ([name] if name else MODELS):
+                    steps[m] = int(n)
+        except ValueError:
+            p.error(f"--steps: expected N or MODEL=N,..., got {args.steps!r}")
+        if any(v < 1 for v in steps.values()):
+            p.error("--steps must be >= 1")
+    args.steps = steps
+    if args.repeats < 1 or args.n_eval < 1:
         p.error("--steps, --repeats and --n-eval must be >= 1")
     return args
 
 
 def steps_for(args, model):
-    if args.steps is not None:
-        return args.steps
+    if model in args.steps:
+        return args.steps[model]
     if args.quick:
-        return 8
-    return 150 if model == "mlp" else 60
+        return 8 if model in ("mlp", "model1") else 2
+    return dict(mlp=150, model1=60, model2=20, model3=5)[model]
 
 
 SHARD_WORKER = "--_shard-worker"
@@ -472,7 +521,7 @@ def shard_worker(spec):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch_version, default_threads = None, None
+    torch_version, default_threads, torch_device = None, None, "cpu"
     if not args.no_torch:
         try:
             import torch
@@ -482,6 +531,7 @@ def main(argv=None):
             args.no_torch = True
         else:
             torch_version, default_threads = torch.__version__, torch.get_num_threads()
+            torch_device = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
     load_before = os.getloadavg()
     rows = []
     t_start = time.perf_counter()
@@ -498,13 +548,21 @@ def main(argv=None):
                 name = f"torch {n}thr" + (" (default)" if t == "default" else "")
                 if name.split(" (")[0] in [k.split(" (")[0] for k in runners]:
                     continue  # e.g. default == 1 thread
-                runners[name] = TorchRunner(ds, model, n)
+                runners[name] = TorchRunner(ds, model, n, device=torch_device)
                 meta[name] = dict(impl=name, net_form="-", driver="python", torch_threads=n, default=t == "default")
+        pairs = []
         for form in args.forms:
-            for driver in args.drivers:
-                name = f"jax {form}/{driver}"
-                runners[name] = JaxRunner(ds, is_clean, model, form, driver, args.n_eval)
-                meta[name] = dict(impl="jax", net_form=form, driver=driver)
+            for driver in (args.drivers if form != "auto" else [None]):
+                pair = train_lib.default_execution(model) if form == "auto" else (form, driver)
+                if pair not in pairs:
+                    pairs.append(pair)
+        for form, driver in pairs:
+            name = f"jax {form}/{driver}"
+            runners[name] = JaxRunner(ds, is_clean, model, form, driver, args.n_eval, precision=args.precision)
+            default = (form, driver) == train_lib.default_execution(model)
+            meta[name] = dict(impl="jax" + (" (default)" if default else "")
+                              + ("" if args.precision == "float32" else f" {args.precision}"),
+                              net_form=form, driver=driver)
         results = measure(runners, args.repeats, args.budget)
         if args.shard:
             for name, (res, m) in shard_child(args, model, steps).items():
@@ -524,7 +582,9 @@ def main(argv=None):
 
     header = (f"Co-teaching training throughput, batch {BATCH}, 2 networks, Adam lr {LR:g}; "
               f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} device(s))"
-              + (f", torch {torch_version} (default {default_threads} threads)" if torch_version else "")
+              + (f" [{jax.devices()[0].device_kind}]" if jax.default_backend() != "cpu" else "")
+              + (f", torch {torch_version} on {torch_device} (default {default_threads} threads)"
+                 if torch_version else "")
               + f"; {os.cpu_count()} CPU cores ({platform.machine()}); load average "
               f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; total {total:.0f} s")
     notes = [
@@ -545,7 +605,7 @@ def main(argv=None):
     print(render(rows))
     print("\n".join(notes))
     for model in args.models:
-        jrows = [r for r in rows if r["model"] == model and r["impl"] == "jax"]
+        jrows = [r for r in rows if r["model"] == model and r["impl"].startswith("jax")]
         if jrows:
             best = max(jrows, key=lambda r: r["images_per_s"])
             print(f"fastest JAX execution for {model}: net_form={best['net_form']}, driver={best['driver']} "

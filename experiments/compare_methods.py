@@ -22,6 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from s2e_jax.config import TrainConfig  # noqa: E402
 from s2e_jax.train import train  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from paper import final_precision, fmt, mean_precision, mean_std, read_metrics  # noqa: E402
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,7 +39,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     decay = a.decay_start if a.decay_start is not None else int(round(0.4 * a.epochs))
     os.makedirs(a.out, exist_ok=True)
-    rows = []
+    rows, runs = [], {}
     for noise_spec in a.noises:
         kind, rate = noise_spec.split(":")
         for method in a.methods:
@@ -53,19 +56,58 @@ def main(argv=None):
                 res.append(train(cfg).summary)
                 print(f"{kind} {rate} {method} seed {seed}: final {res[-1]['final_test_acc']:.4f}",
                       file=sys.stderr)
-            stat = lambda k: (100 * np.mean([r[k] for r in res]), 100 * np.std([r[k] for r in res]))  # noqa
+            runs[(f"{kind} {float(rate):.0%}", method)] = [os.path.join(a.out, f"{kind}{rate}-{method}-seed{s}")
+                                                          for s in a.seeds]
+            stat = lambda k: mean_std([r[k] for r in res])  # noqa: E731
+            ms = [read_metrics(os.path.join(d, "metrics.csv")) for d in runs[(f"{kind} {float(rate):.0%}", method)]]
+            prec = mean_std([final_precision(m) for m in ms])
+            mprec = mean_std([mean_precision(m) for m in ms])
             rows.append((f"{kind} {float(rate):.0%}", method, stat("final_test_acc"), stat("best_test_acc"),
-                         stat("last10_test_acc"), stat("final_label_precision"),
-                         np.mean([r["seconds"] for r in res])))
+                         stat("last10_test_acc"), prec, mprec, np.mean([r["seconds"] for r in res])))
     head = (f"{a.dataset}, {a.epochs} epochs (lr decay from {decay}), seeds {a.seeds}, "
             f"{datetime.date.today()}\n\n| noise | method | final test acc | best test acc | last-10 mean | "
-            "label precision (final) | s / run |\n|---|---|---|---|---|---|---|\n")
-    fmt = lambda m: f"{m[0]:.2f} ± {m[1]:.2f}"  # noqa: E731
-    table = head + "".join(f"| {n} | {m} | {fmt(f)} | {fmt(b)} | {fmt(l)} | {fmt(p)} | {s:.1f} |\n"
-                           for n, m, f, b, l, p, s in rows)
+            "label precision (final) | label precision (mean over epochs) | s / run |\n|---|---|---|---|---|---|---|---|\n")
+    table = head + "".join(f"| {n} | {m} | {fmt(f)} | {fmt(b)} | {fmt(l)} | {fmt(p, len(a.seeds))} | {fmt(mp)} | {s:.1f} |\n"
+                           for n, m, f, b, l, p, mp, s in rows)
+    table += ("\nLabel precision: clean fraction of the samples trained on in the last epoch; n/a or "
+              "\"(i of n)\": no sample kept in that epoch (Co-teaching+ and Decoupling train only where the "
+              "two networks disagree).\n")
     print(table)
     with open(os.path.join(a.out, "table.md"), "w") as f:
         f.write(table)
+    plot(runs, os.path.join(a.out, "curves.png"), f"{a.dataset}, {a.epochs} epochs, seeds {a.seeds}")
+
+
+def plot(runs: dict, path: str, title: str):
+    """Test accuracy and label precision per epoch, mean ± std over seeds, one column per noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from paper import plot_bands
+
+    noises = list(dict.fromkeys(n for n, _ in runs))
+    fig, axes = plt.subplots(2, len(noises), figsize=(4.6 * len(noises), 7), squeeze=False)
+    for j, noise in enumerate(noises):
+        for (n, method), dirs in runs.items():
+            if n != noise:
+                continue
+            ms = [read_metrics(os.path.join(d, "metrics.csv")) for d in dirs]
+            x = np.arange(len(ms[0]["test_acc"]))
+            plot_bands(axes[0][j], x, [m["test_acc"] for m in ms], method, lw=1.2)
+            kept = np.stack([m["kept_fraction"] for m in ms])
+            lp = np.where(kept > 0, np.stack([m["label_precision"] for m in ms]), np.nan)
+            plot_bands(axes[1][j], x, lp, method, lw=1.2)
+        axes[0][j].set(title=noise, xlabel="epoch", ylabel="test accuracy (%)")
+        axes[1][j].set(xlabel="epoch", ylabel="label precision (%)")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def main(argv=None):
                          paper.mean_std([x["final_test_acc"] for x in s]),
                          paper.mean_std([x["best_test_acc"] for x in s]),
                          paper.mean_std([x["last10_test_acc"] for x in s]),
-                         paper.mean_std([x["final_label_precision"] for x in s])))
+                         paper.mean_std([paper.final_precision(r["metrics"]) for r in runs]),
+                         paper.mean_std([paper.mean_precision(r["metrics"]) for r in runs]), len(runs)))
             acc = paper.curves(runs, "test_acc")
             paper.plot_bands(ax, np.arange(acc.shape[1]), acc, paper.LABELS[method],
                              lw=2.2 if method == "s2e" else 1.2)
@@ -48,12 +49,12 @@ def main(argv=None):
     paper.save(fig, study, "fig3.png", f"Figure 3 — {study.dataset}, scale {study.scale.name}, "
                f"seeds {list(study.scale.seeds)}")
     table = study.header("Figure 3 (test accuracy) and label precision, mean ± std over seeds")
-    table += ("| noise | method | final test acc | best test acc | last-10 mean | label precision (final) |\n"
-              "|---|---|---|---|---|---|\n")
+    table += ("| noise | method | final test acc | best test acc | last-10 mean | label precision (final) | "
+              "label precision (mean over epochs) |\n|---|---|---|---|---|---|---|\n")
     table += "".join(f"| {n} | {paper.LABELS[m]} | {paper.fmt(f)} | {paper.fmt(b)} | {paper.fmt(l)} | "
-                     f"{paper.fmt(lp)} |\n" for n, m, f, b, l, lp in rows)
+                     f"{paper.fmt(lp, k)} | {paper.fmt(mlp)} |\n" for n, m, f, b, l, lp, mlp, k in rows)
     table += ("\nLabel precision: the fraction of clean labels among the samples a method trains on "
-              "(Standard, F-correction, Reweight: all samples). S2E: Co-teaching with the schedule of "
+              "(Standard, F-correction, Reweight: all samples); n/a or "(i of n)": in the last epoch the method kept no sample (Co-teaching+ and Decoupling keep only samples where the two networks disagree, and they can come to agree on all). S2E: Co-teaching with the schedule of "
               "`search_s2e/<noise>/newton/best_schedule.json`.\n")
     study.write("fig3.md", table)
 

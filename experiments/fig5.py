@@ -28,9 +28,9 @@ def main(argv=None):
     for ax, (kind, rate) in zip(axes, noises):
         for method in METHODS:
             runs = study.method_runs(method, kind, rate)
-            lp = paper.curves(runs, "label_precision")
-            rows.append((paper.noise_label(kind, rate), method, paper.mean_std(lp.mean(1)),
-                         paper.mean_std(lp[:, -1])))
+            lp = np.where(paper.curves(runs, "kept_fraction") > 0, paper.curves(runs, "label_precision"), np.nan)
+            rows.append((paper.noise_label(kind, rate), method, paper.mean_std(np.nanmean(lp, 1)),
+                         paper.mean_std(lp[:, -1]), len(runs)))
             paper.plot_bands(ax, np.arange(lp.shape[1]), lp, paper.LABELS[method],
                              lw=2.2 if method == "s2e" else 1.2)
         ax.axhline(100 * (1 - rate), color="k", ls=":", lw=0.8, label="clean fraction of the data")
@@ -41,7 +41,8 @@ def main(argv=None):
                f"{study.scale.name}, seeds {list(study.scale.seeds)}")
     table = study.header("Figure 5: label precision, mean ± std over seeds")
     table += "| noise | method | mean over epochs | last epoch |\n|---|---|---|---|\n"
-    table += "".join(f"| {n} | {paper.LABELS[m]} | {paper.fmt(a)} | {paper.fmt(b)} |\n" for n, m, a, b in rows)
+    table += "".join(f"| {n} | {paper.LABELS[m]} | {paper.fmt(a)} | {paper.fmt(b, k)} |\n" for n, m, a, b, k in rows)
+    table += "\nEpochs in which a method kept no sample have no label precision and are left out.\n"
     study.write("fig5.md", table)
 
 

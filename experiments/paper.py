@@ -234,12 +234,28 @@ def read_metrics(path: str) -> dict:
 
 
 def mean_std(values) -> tuple:
+    """Mean and std in percent over the finite values (NaN: undefined, e.g. precision of nothing kept)."""
     v = 100 * np.asarray(values, np.float64)
-    return float(v.mean()), float(v.std())
+    v = v[np.isfinite(v)]
+    return (float(v.mean()), float(v.std()), len(v)) if len(v) else (np.nan, np.nan, 0)
 
 
-def fmt(ms) -> str:
-    return f"{ms[0]:.2f} ± {ms[1]:.2f}"
+def fmt(ms, n: Optional[int] = None) -> str:
+    """``mean ± std``; ``n/a`` when undefined; the count when some seeds had no value."""
+    if not np.isfinite(ms[0]):
+        return "n/a"
+    return f"{ms[0]:.2f} ± {ms[1]:.2f}" + (f" ({ms[2]} of {n})" if n is not None and len(ms) > 2 and ms[2] < n else "")
+
+
+def mean_precision(metrics: dict) -> float:
+    """Label precision averaged over the epochs in which the method kept samples."""
+    kept = metrics["kept_fraction"] > 0
+    return float(metrics["label_precision"][kept].mean()) if kept.any() else float("nan")
+
+
+def final_precision(metrics: dict) -> float:
+    """Label precision at the last epoch; NaN when the method kept no sample in that epoch."""
+    return float(metrics["label_precision"][-1]) if metrics["kept_fraction"][-1] > 0 else float("nan")
 
 
 def curves(runs: list, key: str) -> np.ndarray:
