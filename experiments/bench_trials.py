@@ -2,12 +2,13 @@
 """Trials in one program: K Co-teaching trainings as one vmapped program against the same K trainings
 run one after another, in the same run; trainings per second and the ratio, for the MLP and Model 1.
 
-What is compared, per model and per K (``--ks``, default 1, 2, 4, 8):
+What is compared, per model and per K (``--ks``, default 1, 2, 4, 8, 16, 32):
 
-* ``one program``: ``s2e_jax.train.train_trials(prep, scheds [K, P], seeds [K], one_program=True)``
-  with ``net_form=vmap, driver=scan``: the K trainings are one jitted program per epoch
-  (``jax.vmap`` over the trial axis of ``Trainer.epoch``, itself a ``lax.scan`` over the batches),
-  what a schedule search runs on a GPU.
+* ``one program``: ``s2e_jax.parallel.run_trials(prep, scheds [K, P], seeds [K])`` (what
+  ``train_trials(..., one_program=True)`` runs) with ``net_form=vmap, driver=scan``: the K trainings
+  are one jitted program per epoch, the trial axis sharded over every device (``shard_map``) and
+  ``jax.vmap`` of ``Trainer.epoch`` (a ``lax.scan`` over the batches) on each, split into waves
+  when over the memory budget (``--memory-budget-mib``): what a schedule search runs on a GPU.
 * ``sequential``: the same K trainings one after another with the backend's default execution
   (``s2e_jax.train.default_execution``): per training ``init_carry`` then ``Trainer.run_epoch`` once
   per epoch, metrics fetched at the end of each training (what ``train_trials`` does with
@@ -39,13 +40,15 @@ median of that many timed calls). ``trainings_per_s`` = K / seconds (``trainings
 ``compile_s``: the seconds JAX spent tracing, lowering and compiling during the warm-up call
 (``jax.monitoring`` compile events; the sequential programs are compiled once for every K, the
 one program's first K includes ``init``); without those events, warm-up minus one timed epoch.
-``train_trials`` may pad K (to a power of two); such rows say how many trainings ran, and
+``run_trials`` pads K (to devices x a power of two); such rows say how many trainings ran, and
 trainings/s counts only the K asked for. ``max_dacc``: the largest difference in final test
 accuracy (any trial, any network) between the one program and the reference sequential run (a
-sanity check: the same trainings, equal up to float reassociation). Memory: ``peak_mib`` is the
-process' peak so far (CPU: ``ru_maxrss``; GPU: ``peak_bytes_in_use``), so it only grows down the
-table; ``xla_temp_mib`` is XLA's scratch buffer of the main program (the epoch program for
-``scan``, the step program for ``loop``) from ``Compiled.memory_analysis()``.
+sanity check: the same trainings, equal up to float reassociation). Memory: ``program_mib`` is XLA's
+compiled footprint per device of the main program (``Compiled.memory_analysis()``: arguments +
+outputs + scratch - donated; the one program's epoch, the sequential epoch (scan) or step (loop)
+program), ``mib_per_trial`` the one program's per-trial share ((program - shared data) / trials per
+device; sequential: the whole program); ``peak_mib`` is the process' peak so far (CPU:
+``ru_maxrss``; GPU: ``peak_bytes_in_use``), so it only grows down the table.
 
 On XLA's CPU backend the vmapped conv net is slow and gets slower per training as K grows: the kernel
 gradient of a vmapped convolution is a ``batch_group_count`` convolution whose cost per group grows
@@ -85,6 +88,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from s2e_jax import data as data_lib  # noqa: E402
+from s2e_jax import parallel  # noqa: E402
 from s2e_jax import train as train_lib  # noqa: E402
 from s2e_jax.config import TrainConfig  # noqa: E402
 
@@ -197,16 +201,26 @@ def xla_temp_mib(prep, k=None):
             carry, batches, k_steps, r, _ = tr.begin_fn(carry, prep.data)
             lowered = tr.step_fn.lower(carry, train_lib._zeros_acc(tr.num_nets), batches, k_steps, r,
                                        tr.step_ids[0], prep.data)
-        return lowered.compile().memory_analysis().temp_size_in_bytes / 2**20
+        compiled = lowered.compile()
+        return (compiled.memory_analysis().temp_size_in_bytes / 2**20,
+                (parallel.footprint_bytes(compiled) or float("nan")) / 2**20)
     except Exception:  # noqa: BLE001 (an optional number)
-        return float("nan")
+        return float("nan"), float("nan")
+
+
+_last_report = [None]
 
 
 def one_program(prep, scheds, seeds, epochs):
-    """K trainings as one vmapped program (``train_trials`` with the scan driver and
-    ``one_program=True``, which is its default on GPU/TPU only): final test accuracy [K, N]."""
-    m = train_lib.train_trials(prep, scheds, seeds, epochs=epochs, one_program=True)
+    """K trainings as one program: ``s2e_jax.parallel.run_trials`` (what ``train_trials`` with
+    ``one_program=True`` runs, its default on GPU/TPU): the trial axis sharded over every device,
+    ``vmap`` of the scan epoch on each. Final test accuracy [K, N]; the run's report is kept."""
+    m, _last_report[0] = parallel.run_trials(prep, scheds, seeds, epochs=epochs,
+                                             memory_budget_mib=_budget_mib[0])
     return np.asarray(m["test_acc"])[:, -1]
+
+
+_budget_mib = [None]
 
 
 def sequential(prep, scheds, seeds, epochs):
@@ -316,23 +330,30 @@ def bench_model(model, args, rows):
                 if math.isnan(e.compile_s):
                     e.compile_s = max(e.warm_s - sec / (k * args.epochs), 0.0)
                 comp = e.compile_s
-                temp = xla_temp_mib(e.prep)
+                temp, prog = xla_temp_mib(e.prep)
+                mem = dict(devices=1, waves=k, program_mib=prog, mib_per_trial=prog)
             else:
-                warm, comp, k_run = warm_up(e.prep, lambda: one_program(e.prep, scheds, seeds, 1))
+                warm, comp, _ = warm_up(e.prep, lambda: one_program(e.prep, scheds, seeds, 1))
                 print(f"  warm-up {e.label} K={k}: {warm:.1f} s", flush=True)
                 sec, acc = timed(lambda: one_program(e.prep, scheds, seeds, args.epochs), args.repeats)
+                rep = _last_report[0]
                 if math.isnan(comp):
                     comp = max(warm - sec / args.epochs, 0.0)
-                temp = xla_temp_mib(e.prep, k_run)
-                if k_run != k:
-                    note = f"train_trials ran {k_run} trainings (K padded)"
+                temp = float("nan")
+                mib = lambda b: float("nan") if b is None else b / 2**20  # noqa: E731
+                mem = dict(devices=rep.devices, waves=rep.waves, program_mib=mib(rep.program_bytes),
+                           mib_per_trial=mib(rep.bytes_per_trial))
+                if rep.padded != k:
+                    note = f"ran {rep.padded} trainings (K padded to {rep.devices} device(s) x {rep.per_device})"
+                if rep.waves > 1:
+                    note += f"; {rep.waves} waves (memory budget {rep.budget_bytes / 2**20:.0f} MiB)"
             e.last = (k, sec, comp)
             results[e.label, e.form, e.driver, k] = acc
             if not np.all(np.isfinite(acc)):
                 raise RuntimeError(f"{model} {e.label} {e.form}/{e.driver} K={k}: non-finite test accuracy")
             r = row(e, k, seconds=sec, s_per_training=sec / k, trainings_per_s=k / sec,
                     trainings_per_h=3600.0 * k / sec, compile_s=comp, peak_mib=peak_mib(), xla_temp_mib=temp,
-                    note=note)
+                    note=note, **mem)
             print(f"  {e.label} {e.form}/{e.driver} K={k}: {sec:.2f} s, {r['trainings_per_s']:.3g} trainings/s "
                   f"({r['trainings_per_h']:.0f}/h), compile {comp:.1f} s", flush=True)
     # ratios and the sanity check against the first sequential execution (the reference), per K
@@ -354,7 +375,7 @@ def bench_model(model, args, rows):
 # ------------------------------------------------------------------------------------------ report
 COLUMNS = ("model", "data", "execution", "net_form", "driver", "K", "epochs", "steps_per_epoch", "seconds",
            "s_per_training", "trainings_per_s", "trainings_per_h", "ratio", "compile_s", "max_dacc",
-           "peak_mib", "xla_temp_mib", "note")
+           "devices", "waves", "program_mib", "mib_per_trial", "peak_mib", "note")
 
 
 def _fmt(v):
@@ -385,7 +406,11 @@ def markdown(rows, header, notes):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ks", default=None, help="comma list of trial counts K (default 1,2,4,8; 1,2 with --quick)")
+    p.add_argument("--ks", default=None,
+                   help="comma list of trial counts K (default 1,2,4,8,16,32; 1,2 with --quick)")
+    p.add_argument("--memory-budget-mib", type=float, default=None,
+                   help="per-device memory budget of the one program (default: parallel.memory_budget's); "
+                        "a K over it runs in waves")
     p.add_argument("--models", default="mlp,model1", help="comma list of: mlp, model1")
     p.add_argument("--epochs", type=int, default=None, help="epochs per training (default 2; 1 with --quick)")
     p.add_argument("--sequential", default="default",
@@ -406,7 +431,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="directory to write table.md and table.csv")
     args = p.parse_args(argv)
     q = args.quick
-    defaults = dict(ks="1,2" if q else "1,2,4,8", epochs=1 if q else 2, mlp_train=1280 if q else 6000,
+    defaults = dict(ks="1,2" if q else "1,2,4,8,16,32", epochs=1 if q else 2, mlp_train=1280 if q else 6000,
                     mlp_eval=128 if q else 500, model1_train=512 if q else 2000, model1_eval=128 if q else 256)
     for k, v in defaults.items():
         if getattr(args, k) is None:
@@ -441,6 +466,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    _budget_mib[0] = args.memory_budget_mib
     listen_to_compiles()
     load_before = os.getloadavg()
     t_start = time.perf_counter()
@@ -455,7 +481,8 @@ def main(argv=None):
               f"({jax.default_backend()}: {dev.device_kind}), {os.cpu_count()} CPU cores ({platform.machine()}); "
               f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; total {total:.0f} s")
     notes = [
-        "- one program: `train_trials` with net_form vmap, driver scan (vmap over the trial axis); sequential: "
+        "- one program: `parallel.run_trials` (= `train_trials(one_program=True)`) with net_form vmap, driver scan "
+        "(trial axis sharded over the devices, vmap on each); sequential: "
         "the K trainings one after another (`init_carry` + `run_epoch`), `(default)` = `default_execution`.",
         "- seconds: the K trainings (init + epochs + metrics to host), after a warm-up call of the same shapes"
         + (f"; median of {args.repeats} calls" if args.repeats > 1 else "") + ". compile_s: trace + lowering + "
@@ -463,8 +490,12 @@ def main(argv=None):
         f"- ratio: trainings/s over the trainings/s of sequential `{args.sequential[0]}` at the same K (> 1: faster).",
         "- max_dacc: largest |difference| of final test accuracy (any trial, any network) between one program and "
         f"sequential `{args.sequential[0]}`.",
-        "- peak_mib: process peak so far (CPU: ru_maxrss; GPU: peak_bytes_in_use), only grows down the table; "
-        "xla_temp_mib: XLA scratch of the epoch (scan) or step (loop) program.",
+        "- devices / waves: the one program's trial axis is sharded over that many devices (`s2e_jax.parallel`), "
+        "in that many waves (sequential: one training per wave). program_mib: XLA's compiled footprint per device "
+        "(arguments + outputs + scratch - donated) of the one program's epoch, or of the sequential epoch (scan) / "
+        "step (loop) program; mib_per_trial: one program: (program - shared data) / trials per device; sequential: "
+        "the whole program (one training at a time).",
+        "- peak_mib: process peak so far (CPU: ru_maxrss; GPU: peak_bytes_in_use), only grows down the table.",
     ]
     if load_before[0] > (os.cpu_count() or 1) * 0.5:
         notes.append(f"- WARNING: the machine was busy (load average {load_before[0]:.1f} on {os.cpu_count()} "
