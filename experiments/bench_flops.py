@@ -1,0 +1,247 @@
+#!/usr/bin/env python
+"""The floor: FLOPs of one Co-teaching training epoch per model (counted by XLA), the FLOP/s the
+trainer achieves, and its fraction of the device's peak measured in the same run.
+
+Per model (``--models``: the MLP on MNIST shapes, Models 1-3 on CIFAR shapes, batch 128, 2 networks):
+
+* **FLOPs per epoch**, from XLA's own count (``jax.jit(...).lower(...).compile().cost_analysis()
+  ["flops"]``) of the programs an epoch runs: ``steps x`` the train step (forward of both networks,
+  per-sample losses, small-loss selection, backward, Adam) ``+`` the per-epoch evaluation of both
+  networks on the validation and test splits (``chunks x`` the evaluation chunk) ``+`` the epoch's
+  setup (permutation, R(t)). Counting the step program, not the epoch's ``lax.scan``, because XLA's
+  cost analysis counts a loop body once, whatever its trip count. ``flops_per_image``: per training
+  image of the epoch (both networks, forward + backward), for comparison with a paper's count.
+* **achieved FLOP/s** = FLOPs per epoch / the median seconds of a timed epoch of ``Trainer.run_epoch``
+  with the backend's default execution (``s2e_jax.train.default_execution``; ``--net-form``/
+  ``--driver`` override), after one warm-up epoch.
+* **peak**: the best FLOP/s of a large jitted ``float32`` matmul (``--peak-n``; default 2048 on a
+  CPU, 8192 on a GPU/TPU; ``2 n^3`` FLOPs each) measured in the same run, with the default matmul
+  precision (what the models use); ``--precision bfloat16`` measures a bf16 matmul and runs the models
+  in bf16. ``fraction`` = achieved / peak.
+
+Data: random uint8 of the model's shape (speed does not depend on the values), ``--steps`` steps per
+epoch (``N`` or ``MODEL=N,...``), ``--n-eval`` validation and test images each.
+
+Usage::
+
+    python experiments/bench_flops.py                                    # every model, default sizes
+    python experiments/bench_flops.py --models mlp,model1 --steps mlp=40,model1=10 --repeats 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from s2e_jax import data as data_lib  # noqa: E402
+from s2e_jax import models as models_lib  # noqa: E402
+from s2e_jax import schedules, selection  # noqa: E402
+from s2e_jax import train as train_lib  # noqa: E402
+
+BATCH = 128
+MODELS = ("mlp", "model1", "model2", "model3")
+SHAPES = dict(mlp=(28, 28, 1), model1=(32, 32, 3), model2=(32, 32, 3), model3=(32, 32, 3))
+CLASSES = dict(mlp=10, model1=10, model2=100, model3=10)
+DEFAULT_STEPS = dict(mlp=100, model1=20, model2=4, model3=2)
+
+
+def _flops(compiled) -> float:
+    ca = compiled.cost_analysis()
+    if isinstance(ca, (list, tuple)):  # older jax: one dict per program
+        ca = ca[0] if ca else {}
+    return float((ca or {}).get("flops", float("nan")))
+
+
+def make_data(model, steps, n_eval, seed=0):
+    rng = np.random.default_rng(seed)
+    shape, nc = SHAPES[model], CLASSES[model]
+    n = steps * BATCH
+    img = lambda k: rng.integers(0, 256, (k,) + shape, dtype=np.uint8)  # noqa: E731
+    lab = lambda k: rng.integers(0, nc, k).astype(np.int32)  # noqa: E731
+    y = lab(n)
+    ds = data_lib.Dataset(f"random{shape}", img(n), y, y.copy(), img(n_eval), lab(n_eval), img(n_eval),
+                          lab(n_eval), nc)
+    return ds, np.ones(n, bool)
+
+
+def build(model, steps, n_eval, form, driver, precision):
+    ds, is_clean = make_data(model, steps, n_eval)
+    f0, d0 = train_lib.default_execution(model)
+    tr = train_lib.Trainer(models_lib.get_model(model, ds.num_classes), 2, selection.coteaching_rule,
+                           schedules.coteaching_rate, epochs=200, batch_size=BATCH, n_train=len(ds.y_train),
+                           net_form=form or f0, driver=driver or d0, eval_batch_size=n_eval, precision=precision)
+    data = train_lib.device_data(ds, is_clean)
+    net_keys, data_key = train_lib.seed_keys(0, 2)
+    carry = tr.init(net_keys, data_key, np.asarray([0.2, 10.0, 1.0], np.float32), data.x_train)
+    return tr, data, carry
+
+
+def epoch_flops(tr, data, carry):
+    """XLA's FLOP count of one epoch: setup + steps x train step + evaluation chunks."""
+    begin = tr.begin_fn.lower(carry, data).compile()
+    c, batches, k_steps, r, _ = tr.begin_fn(carry, data)
+    step = tr.step_fn.lower(c, train_lib._zeros_acc(tr.num_nets), batches, k_steps, r, tr.step_ids[0],
+                            data).compile()
+    n_chunks = 0
+    for x, y in ((data.x_val, data.y_val), (data.x_test, data.y_test)):
+        xp, yp, valid = tr._chunks(x, y)
+        n_chunks += xp.shape[0]
+    ev = tr.eval_chunk_fn.lower(c.params, c.batch_stats, xp[0], yp[0], valid[0], data).compile()
+    f_step = _flops(step)
+    return _flops(begin) + tr.steps_per_epoch * f_step + n_chunks * _flops(ev), f_step
+
+
+def time_epochs(tr, data, carry, repeats):
+    carry, m = tr.run_epoch(carry, data)  # warm-up (compile)
+    jax.block_until_ready((carry, m))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        carry, m = tr.run_epoch(carry, data)
+        jax.block_until_ready((carry, m))
+        times.append(time.perf_counter() - t0)
+    if not np.all(np.isfinite(np.asarray(m["train_loss"]))):
+        raise RuntimeError("non-finite training loss")
+    return statistics.median(times)
+
+
+def peak_flops(n, precision, repeats=5):
+    """Best FLOP/s of a jitted n x n matmul chain (``2 n^3`` FLOPs per product)."""
+    dt = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dt)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dt) / np.sqrt(n)
+    reps = 4
+
+    @jax.jit
+    def f(a, b):
+        for _ in range(reps):
+            a = a @ b
+        return a
+
+    jax.block_until_ready(f(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a, b))
+        best = min(best, time.perf_counter() - t0)
+    return reps * 2 * n**3 / best
+
+
+COLUMNS = ("model", "params", "net_form", "driver", "precision", "steps", "flops_per_step", "flops_per_epoch",
+           "flops_per_image", "epoch_s", "achieved_gflops", "peak_gflops", "fraction")
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        if v != v:
+            return "-"
+        if abs(v) >= 1e6:
+            return f"{v:.3e}"
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def markdown(rows):
+    out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    return "\n".join(out + ["| " + " | ".join(_fmt(r.get(c, float("nan"))) for c in COLUMNS) + " |"
+                            for r in rows])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help="comma list of: " + ", ".join(MODELS))
+    p.add_argument("--steps", default=None, help="steps per epoch: N or MODEL=N,... (default: mlp 100, "
+                                                 "model1 20, model2 4, model3 2)")
+    p.add_argument("--repeats", type=int, default=2, help="timed epochs, median (default 2)")
+    p.add_argument("--n-eval", type=int, default=256, help="validation and test images each (default 256)")
+    p.add_argument("--net-form", default=None, help="override default_execution's net_form")
+    p.add_argument("--driver", default=None, help="override default_execution's driver")
+    p.add_argument("--precision", default="float32", help="float32 | bfloat16 (models and peak matmul)")
+    p.add_argument("--peak-n", type=int, default=None, help="matmul size of the peak (default 2048 CPU, 8192 GPU)")
+    p.add_argument("--count-only", default="", help="comma list of models whose FLOPs are counted but whose "
+                                                     "epochs are not timed (e.g. model3 on a small CPU)")
+    p.add_argument("--out", default=None, help="write the table to this markdown file")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.models or any(m not in MODELS for m in args.models):
+        p.error(f"--models: expected a comma list of {', '.join(MODELS)}")
+    steps = dict(DEFAULT_STEPS)
+    if args.steps:
+        try:
+            for item in args.steps.split(","):
+                name, _, n = item.strip().rpartition("=")
+                for m in ([name] if name else MODELS):
+                    steps[m] = int(n)
+        except ValueError:
+            p.error(f"--steps: expected N or MODEL=N,..., got {args.steps!r}")
+    if min(steps.values()) < 1 or args.repeats < 1 or args.n_eval < 1:
+        p.error("--steps, --repeats and --n-eval must be >= 1")
+    args.steps = steps
+    args.count_only = {m.strip() for m in args.count_only.split(",") if m.strip()}
+    if args.precision not in train_lib.PRECISIONS:
+        p.error(f"--precision: expected one of {', '.join(train_lib.PRECISIONS)}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    load_before = os.getloadavg()
+    t_start = time.perf_counter()
+    n = args.peak_n or (2048 if jax.default_backend() == "cpu" else 8192)
+    peak = peak_flops(n, args.precision)
+    print(f"peak ({args.precision} {n}x{n} matmul): {peak / 1e9:.1f} GFLOP/s", flush=True)
+    rows = []
+    for model in args.models:
+        tr, data, carry = build(model, args.steps[model], args.n_eval, args.net_form, args.driver, args.precision)
+        flops, f_step = epoch_flops(tr, data, carry)
+        sec = float("nan") if model in args.count_only else time_epochs(tr, data, carry, args.repeats)
+        achieved = flops / sec
+        rows.append(dict(model=model, params=models_lib.count_params(jax.tree_util.tree_map(lambda a: a[0],
+                                                                                          carry.params)),
+                         net_form=tr.net_form, driver=tr.driver, precision=args.precision,
+                         steps=tr.steps_per_epoch, flops_per_step=f_step, flops_per_epoch=flops,
+                         flops_per_image=f_step / BATCH, epoch_s=sec, achieved_gflops=achieved / 1e9,
+                         peak_gflops=peak / 1e9, fraction=achieved / peak))
+        print(f"  {model}: {flops:.3e} FLOPs/epoch, {sec:.2f} s/epoch, {achieved / 1e9:.2f} GFLOP/s "
+              f"({achieved / peak:.1%} of peak)", flush=True)
+    peak_end = peak_flops(n, args.precision)
+    load_after = os.getloadavg()
+    dev = jax.devices()[0]
+    header = (f"FLOPs of a Co-teaching epoch (batch {BATCH}, 2 networks, Adam) and achieved FLOP/s; jax "
+              f"{jax.__version__} ({jax.default_backend()}: {dev.device_kind}), {os.cpu_count()} CPU cores "
+              f"({platform.machine()}); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; "
+              f"peak {peak / 1e9:.1f} GFLOP/s at the start, {peak_end / 1e9:.1f} at the end; "
+              f"total {time.perf_counter() - t_start:.0f} s")
+    notes = [
+        "- flops_*: XLA's cost analysis of the compiled programs (train step x steps + evaluation + setup); "
+        "flops_per_image = train-step FLOPs / batch (2 networks, forward + backward + Adam).",
+        f"- achieved = FLOPs per epoch / median epoch seconds ({args.repeats} timed after one warm-up); "
+        f"peak = best of a jitted {n}x{n} {args.precision} matmul chain, measured at the start of the run.",
+    ]
+    table = markdown(rows)
+    print()
+    print(header)
+    print()
+    print(table)
+    print()
+    print("\n".join(notes))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(header + "\n\n" + table + "\n\n" + "\n".join(notes) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
