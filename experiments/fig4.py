@@ -24,7 +24,7 @@ def mean_curve(result: dict, epochs: int):
     """R(t) at the mean of the final p_theta (None when the search kept no theta)."""
     if "theta" not in result:
         return None
-    space = schedules.get_space("s2e")
+    space = schedules.get_space(result["space"])
     x = relaxation.mean(np.asarray(result["theta"], np.float32), space)
     return space.curve(np.asarray(x), epochs)
 
@@ -57,7 +57,7 @@ def main(argv=None):
     q = [0, sc.epochs // 4, sc.epochs // 2, (3 * sc.epochs) // 4, sc.epochs - 1]
     table = study.header("Figure 4: R(t) learned by S2E against eq. (1)")
     table += ("| noise | " + " | ".join(f"R({i})" for i in q) + " | dropped at the end: S2E | eq. (1) |\n"
-              "|---" * (len(q) + 3) + "|\n")
+              + "|---" * (len(q) + 3) + "|\n")
     for n, rate, rs, last, co_last in rows:
         table += (f"| {n} | " + " | ".join(f"{r:.3f}" for r in rs) +
                   f" | {1 - last:.1%} | {1 - co_last:.1%} |\n")

@@ -60,7 +60,7 @@ def main(argv=None):
             for seed in seeds:
                 folder = os.path.join("fig6", paper.noise_key(kind, rate), f"seed{seed}")
                 hb = algo == "hyperband"  # Hyperband spends a budget of full-training equivalents
-                study.search(kind, rate, algo, "s2e", 10_000 if hb else sc.algo_iterations, sc.algo_samples,
+                study.search(kind, rate, algo, study.space("s2e"), 10_000 if hb else sc.algo_iterations, sc.algo_samples,
                              folder, seed=seed, max_cost=budget if hb else None)
                 trials = runs_lib.read_jsonl(study.path(folder, algo, "trials.jsonl"))
                 grid, best, test = efficiency(trials, sc.epochs, budget)

@@ -87,6 +87,11 @@ class Scale:
     note: str
 
     @property
+    def time_scale(self) -> float:
+        """Paper epochs per epoch of this scale: the schedules' clock (see ``Study.space``)."""
+        return 200.0 / self.epochs
+
+    @property
     def describe(self) -> str:
         return (f"scale `{self.name}`: {self.epochs} epochs (lr decay from {self.decay_start}), "
                 f"seeds {list(self.seeds)}; {self.note}")
@@ -159,6 +164,12 @@ class Study:
         base.update(kw)
         return TrainConfig(**base).validate()
 
+    def space(self, name: str) -> str:
+        """Search space ``name`` on this scale's clock: Table 1's decay terms act on the epoch itself with
+        ranges made for 200 epochs, so a shrunk training searches ``name@(200/epochs)`` (the same
+        scaling as the learning-rate schedule and eq. (1)'s t_k)."""
+        return name if self.scale.epochs == 200 else f"{name}@{self.scale.time_scale:g}"
+
     def path(self, *parts) -> str:
         p = os.path.join(self.root, *parts)
         os.makedirs(os.path.dirname(p), exist_ok=True)
@@ -175,10 +186,18 @@ class Study:
         print(f"wrote {self.path(name)}", file=sys.stderr)
 
     # ------------------------------------------------------------------------- cached runs
-    def run(self, cfg: TrainConfig, run_dir: str) -> dict:
-        """One training into ``run_dir`` (reused when finished): summary plus per-epoch metrics."""
+    def run(self, cfg: TrainConfig, run_dir: str, expect_r=None) -> dict:
+        """One training into ``run_dir`` (reused when finished): summary plus per-epoch metrics.
+
+        ``expect_r``: the R(t) the run must have used (a searched schedule); a finished run with
+        another R(t) (the search was redone) is moved aside and trained again.
+        """
         run_dir = os.path.normpath(run_dir)
         done = os.path.join(run_dir, "summary.json")
+        if os.path.exists(done) and expect_r is not None:
+            used = read_metrics(os.path.join(run_dir, "metrics.csv"))["r"]
+            if used.shape != np.shape(expect_r) or not np.allclose(used, expect_r, atol=1e-4):
+                os.replace(run_dir, f"{run_dir}.stale-{int(time.time())}")
         if not os.path.exists(done):
             if os.path.isdir(run_dir) and os.listdir(run_dir):  # killed earlier: keep it, run again
                 os.replace(run_dir, f"{run_dir}.incomplete-{int(time.time())}")
@@ -192,15 +211,16 @@ class Study:
 
     def method_runs(self, method: str, kind: str, rate: float, seeds=None) -> list:
         """``method`` (or ``s2e``: Co-teaching with the searched schedule) over the scale's seeds."""
-        out = []
+        out, expect = [], None
+        extra = dict(method=method)
+        if method == "s2e":
+            extra = dict(method="coteaching", schedule=self.s2e_schedule(kind, rate))
+            with open(extra["schedule"]) as f:
+                expect = json.load(f)["curve"]
         for seed in (self.scale.seeds if seeds is None else seeds):
-            extra = {}
-            if method == "s2e":
-                extra = dict(method="coteaching", schedule=self.s2e_schedule(kind, rate))
-            else:
-                extra = dict(method=method)
             cfg = self.config(kind, rate, seed=seed, **extra)
-            out.append(self.run(cfg, self.path("methods", f"{noise_key(kind, rate)}-{method}-seed{seed}", "")))
+            out.append(self.run(cfg, self.path("methods", f"{noise_key(kind, rate)}-{method}-seed{seed}", ""),
+                                expect_r=expect))
         return out
 
     def search(self, kind: str, rate: float, algo: str, space: str, iterations: int, samples: int,
@@ -221,7 +241,7 @@ class Study:
     def s2e_schedule(self, kind: str, rate: float) -> str:
         """S2E (Algorithm 2: Newton on the S2E space): the searched best_schedule.json."""
         sc = self.scale
-        self.search(kind, rate, "newton", "s2e", sc.s2e_iterations, sc.s2e_samples,
+        self.search(kind, rate, "newton", self.space("s2e"), sc.s2e_iterations, sc.s2e_samples,
                     os.path.join("search_s2e", noise_key(kind, rate)))
         return os.path.join(self.s2e_search_dir(kind, rate), "newton", "best_schedule.json")
 

@@ -47,7 +47,7 @@ def main(argv=None):
         res = {}
         for space in paper.TABLE2_SPACES:
             folder = os.path.join("table2", paper.noise_key(kind, rate), space)
-            study.search(kind, rate, "random", space, iterations=1, samples=n, folder=folder)
+            study.search(kind, rate, "random", study.space(space), iterations=1, samples=n, folder=folder)
             res[space] = best_trial(study.path(folder, ""))
         singles = [res[f"single{i}"] for i in range(1, 5)]
         res["single"] = max(singles, key=lambda t: t["best_test_acc"])  # the paper: best of the four

@@ -28,7 +28,7 @@ from s2e_jax import runs as runs_lib  # noqa: E402
 def asng_run(study: paper.Study, kind: str, rate: float, seed: int) -> dict:
     """ASNG with its retraining, cached in ``asng/<noise>-seed<seed>``."""
     out = study.path("asng", f"{paper.noise_key(kind, rate)}-seed{seed}", "")
-    cfg = asng.AsngConfig(study.config(kind, rate, seed=seed), out=out)
+    cfg = asng.AsngConfig(study.config(kind, rate, seed=seed), space=study.space("s2e"), out=out)
     t0 = time.time()
     res = asng.run(cfg)
     print(f"  asng {os.path.relpath(out, study.root)}: test {res['test_acc']:.4f} ({time.time() - t0:.0f} s)",

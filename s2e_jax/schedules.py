@@ -7,6 +7,11 @@ search point ``x`` — a simplex part (Dirichlet) followed by a box part in [0, 
 
 Spaces: ``s2e`` (eq. 4 with Table 1), and the ablations of Table 2: ``coteaching`` (eq. 1), ``single``
 (one basis function of Table 1), ``rbf`` and ``mlp`` (general function approximators of t).
+
+``NAME@S`` is space NAME on a clock running S times faster: R(t) = R_NAME(S t) over S T epochs. Table 1's
+decay terms act on the epoch t itself (e^{-a2 t^a1}, (1 + a2 t)^{-a1}) with ranges made for 200
+epochs, so a training shrunk to T epochs keeps the paper's schedule shapes with ``s2e@{200/T}`` (as
+the learning-rate schedule and eq. (1)'s t_k are scaled).
 """
 from __future__ import annotations
 
@@ -181,8 +186,27 @@ def make_mlp_space() -> Space:
 SPACES = ("s2e", "coteaching", "single", "single1", "single2", "single3", "single4", "rbf", "mlp")
 
 
+def _time_scaled(base: Space, scale: float, name: str) -> Space:
+    def decode(x, T):
+        return base.decode(x, T * scale)
+
+    def rate(t, params, T):
+        return base.rate(t * scale, params, T * scale)
+
+    return Space(name, base.n_simplex, base.n_box, decode, rate)
+
+
 def get_space(name: str, ranges=DEFAULT_RANGES) -> Space:
-    """The search space called ``name`` (``single`` is ``single1``)."""
+    """The search space called ``name`` (``single`` is ``single1``; ``NAME@S``: NAME with time scaled by S)."""
+    if isinstance(name, str) and "@" in name:
+        base, _, sc = name.partition("@")
+        try:
+            scale = float(sc)
+        except ValueError:
+            scale = float("nan")
+        if not np.isfinite(scale) or scale <= 0:
+            raise ConfigError(f"space: the time scale of {name!r} must be a positive number (e.g. s2e@20)")
+        return _time_scaled(get_space(base, ranges), scale, name)
     if name == "s2e":
         return make_s2e_space(ranges)
     if name == "coteaching":

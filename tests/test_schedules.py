@@ -68,3 +68,27 @@ def test_bad_schedule_file(tmp_path):
         schedules.load_schedule_file(str(p))
     with pytest.raises(ConfigError, match="space"):
         schedules.get_space("nope")
+
+
+def test_time_scaled_space_is_the_same_schedule_on_a_faster_clock():
+    base, fast = schedules.get_space("s2e"), schedules.get_space("s2e@20")
+    x = np.linspace(0.05, 0.95, base.dim).astype(np.float32)
+    x[:4] = x[:4] / x[:4].sum()
+    np.testing.assert_allclose(fast.curve(x, 10), base.curve(x, 200)[::20], rtol=1e-5, atol=1e-6)
+    assert fast.name == "s2e@20" and fast.dim == base.dim
+    co, co_fast = schedules.get_space("coteaching"), schedules.get_space("coteaching@4")
+    y = np.array([0.5, 0.3, 0.2], np.float32)
+    np.testing.assert_allclose(co_fast.curve(y, 50), co.curve(y, 200)[::4], rtol=1e-5, atol=1e-6)
+    for bad in ("s2e@0", "s2e@x", "s2e@-2", "nope@2"):
+        with pytest.raises(ConfigError, match="space"):
+            schedules.get_space(bad)
+
+
+def test_a_time_scaled_schedule_file_round_trips(tmp_path):
+    space = schedules.get_space("s2e@20")
+    x = np.full(space.dim, 0.5, np.float32)
+    x[:4] = 0.25
+    schedules.save_schedule_file(str(tmp_path / "s.json"), space, x, 10)
+    back, xb = schedules.load_schedule_file(str(tmp_path / "s.json"))
+    assert back.name == "s2e@20"
+    np.testing.assert_allclose(back.curve(xb, 10), space.curve(x, 10))
