@@ -11,7 +11,8 @@ Scales:
          searches of 50 trainings (M=10, K=5; the paper does not state M and K, Table 2's random
          search uses 50 samples). For a GPU.
   cpu    The same study shrunk to finish within about an hour per script on a 2-core CPU on full MNIST:
-         10 epochs (decay from epoch 4, the paper's 40%; eq. (1)'s t_k scaled alike), 3 seeds, S2E
+         10 epochs (decay from epoch 4, the paper's 40%; eq. (1)'s t_k and the search spaces' clock
+         scaled alike: ``s2e@20``, see ``Study.space``), 3 seeds, S2E
          search of 9 trainings (M=3, K=3), Table 2's random search with 2 samples per space, Figure 6
          on pair 45% with 6 trainings per algorithm (M=2, K=3) and one search seed, ASNG with seed 0.
   smoke  A few epochs on ``digits``, one noise setting: checks that a script runs end to end and
@@ -103,8 +104,8 @@ def get_scale(name: str) -> Scale:
                      (0, 1, 2, 3, 4), "Appendix A; searches of 50 trainings (M=10, K=5)")
     if name == "cpu":
         return Scale("cpu", 10, 4, (0, 1, 2), NOISES, 3, 3, 2, 2, 3, (0,), (("pair", 0.45),), (0,),
-                     "shrunk for a 2-core CPU: 10 of the paper's 200 epochs (lr schedule and eq. (1)'s t_k "
-                     "scaled), S2E search of 9 trainings (M=3, K=3), 2 random samples per space in Table 2, "
+                     "shrunk for a 2-core CPU: 10 of the paper's 200 epochs (lr schedule, eq. (1)'s t_k and "
+                     "the search spaces' clock scaled: s2e@20), S2E search of 9 trainings (M=3, K=3), 2 random samples per space in Table 2, "
                      "Figure 6 on pair 45% only with 6 trainings per algorithm (M=2, K=3) and one search "
                      "seed, ASNG with seed 0 only")
     if name == "smoke":
