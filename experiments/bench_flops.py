@@ -176,15 +176,9 @@ def parse_args(argv=None):
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.models or any(m not in MODELS for m in args.models):
         p.error(f"--models: expected a comma list of {', '.join(MODELS)}")
-    steps = dict(DEFAULT_STEPS)
-    if args.steps:
-        try:
-            for item in args.steps.split(","):
-                name, _, n = item.strip().rpartition("=")
-                for m in ([name] if name else MODELS):
-                    steps[m] = int(n)
-        except ValueError:
-            p.error(f"--steps: expected N or MODEL=N,..., got {args.steps!r}")
+    from bench_train import parse_steps
+
+    steps = dict(DEFAULT_STEPS, **parse_steps(args.steps or None, MODELS, p.error))
     if min(steps.values()) < 1 or args.repeats < 1 or args.n_eval < 1:
         p.error("--steps, --repeats and --n-eval must be >= 1")
     args.steps = steps

@@ -451,18 +451,7 @@ def parse_args(argv=None):
     args.torch_threads = threads
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
-    steps = {}
-    if args.steps is not None:
-        try:
-            for item in args.steps.split(","):
-                name, _, n = item.strip().rpartition("=")
-                for m in ([name] if name else MODELS):
-                    steps[m] = int(n)
-        except ValueError:
-            p.error(f"--steps: expected N or MODEL=N,..., got {args.steps!r}")
-        if any(v < 1 for v in steps.values()):
-            p.error("--steps must be >= 1")
-    args.steps = steps
+    args.steps = parse_steps(args.steps, MODELS, p.error)
     if args.repeats < 1 or args.n_eval < 1:
         p.error("--steps, --repeats and --n-eval must be >= 1")
     return args
@@ -517,6 +506,25 @@ def shard_worker(spec):
     with contextlib.redirect_stdout(sys.stderr):
         res = measure(runners, spec["repeats"], spec["budget"])
     print(json.dumps({k: (res[k], meta[k]) for k in runners}))
+
+
+def parse_steps(text, models, error) -> dict:
+    """``--steps``: ``N`` (every model) or ``MODEL=N,...``; ``error(message)`` on anything else."""
+    steps = {}
+    if text is None:
+        return steps
+    try:
+        for item in text.split(","):
+            name, _, n = item.strip().rpartition("=")
+            if name and name not in models:
+                raise ValueError(name)
+            for m in ([name] if name else models):
+                steps[m] = int(n)
+    except ValueError:
+        error(f"--steps: expected N or MODEL=N,... with MODEL one of {', '.join(models)}, got {text!r}")
+    if any(v < 1 for v in steps.values()):
+        error("--steps must be >= 1")
+    return steps
 
 
 def main(argv=None):
