@@ -508,6 +508,19 @@ def shard_worker(spec):
     print(json.dumps({k: (res[k], meta[k]) for k in runners}))
 
 
+def write_tables(out, stem, md, rows, columns):
+    """``<out>/<stem>.md`` (the printed table) and ``<out>/<stem>.csv`` (one row per measurement)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(out, f"{stem}.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in columns})
+    print(f"wrote {os.path.join(out, stem + '.md')} and {stem}.csv")
+
+
 def parse_steps(text, models, error) -> dict:
     """``--steps``: ``N`` (every model) or ``MODEL=N,...``; ``error(message)`` on anything else."""
     steps = {}
@@ -619,15 +632,7 @@ def main(argv=None):
             print(f"fastest JAX execution for {model}: net_form={best['net_form']}, driver={best['driver']} "
                   f"({best['steps_per_s']:.1f} steps/s, {best['images_per_s']:.0f} images/s)")
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "bench_train.md"), "w") as f:
-            f.write(markdown(rows, header, notes))
-        with open(os.path.join(args.out, "bench_train.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({c: r.get(c, "") for c in COLUMNS})
-        print(f"wrote {os.path.join(args.out, 'bench_train.md')} and bench_train.csv")
+        write_tables(args.out, "bench_train", markdown(rows, header, notes), rows, COLUMNS)
     return rows
 
 

@@ -70,7 +70,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import math
 import os
@@ -505,15 +504,9 @@ def main(argv=None):
     print(render(rows))
     print("\n".join(notes))
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "table.md"), "w") as f:
-            f.write(markdown(rows, header, notes))
-        with open(os.path.join(args.out, "table.csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({c: r.get(c, "") for c in COLUMNS})
-        print(f"wrote {os.path.join(args.out, 'table.md')} and table.csv")
+        from bench_train import write_tables
+
+        write_tables(args.out, "table", markdown(rows, header, notes), rows, COLUMNS)
     return rows
 
 

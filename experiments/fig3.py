@@ -44,8 +44,6 @@ def main(argv=None):
             paper.plot_bands(ax, np.arange(acc.shape[1]), acc, paper.LABELS[method],
                              lw=2.2 if method == "s2e" else 1.2)
         ax.set(title=paper.noise_label(kind, rate), xlabel="epoch", ylabel="test accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7)
     paper.save(fig, study, "fig3.png", f"Figure 3 — {study.dataset}, scale {study.scale.name}, "
                f"seeds {list(study.scale.seeds)}")
     table = study.header("Figure 3 (test accuracy) and label precision, mean ± std over seeds")

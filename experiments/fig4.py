@@ -49,10 +49,8 @@ def main(argv=None):
         ax.plot(t, co, "k--", label="MN / Co / Co+ (eq. 1)")
         ax.axhline(1 - rate, color="gray", ls=":", lw=0.8, label="1 − noise rate")
         ax.set(title=paper.noise_label(kind, rate), xlabel="epoch t", ylabel="R(t)", ylim=(0, 1.05))
-        ax.grid(alpha=0.3)
         q = [0, sc.epochs // 4, sc.epochs // 2, (3 * sc.epochs) // 4, sc.epochs - 1]
         rows.append((paper.noise_label(kind, rate), rate, [best[i] for i in q], best[-1], co[-1]))
-    axes[-1].legend(fontsize=7)
     paper.save(fig, study, "fig4.png", f"Figure 4 — learned R(t), {study.dataset}, scale {sc.name}")
     q = [0, sc.epochs // 4, sc.epochs // 2, (3 * sc.epochs) // 4, sc.epochs - 1]
     table = study.header("Figure 4: R(t) learned by S2E against eq. (1)")

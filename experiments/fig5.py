@@ -35,8 +35,6 @@ def main(argv=None):
                              lw=2.2 if method == "s2e" else 1.2)
         ax.axhline(100 * (1 - rate), color="k", ls=":", lw=0.8, label="clean fraction of the data")
         ax.set(title=paper.noise_label(kind, rate), xlabel="epoch", ylabel="label precision (%)")
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7)
     paper.save(fig, study, "fig5.png", f"Figure 5 — label precision, {study.dataset}, scale "
                f"{study.scale.name}, seeds {list(study.scale.seeds)}")
     table = study.header("Figure 5: label precision, mean ± std over seeds")

@@ -76,8 +76,6 @@ def main(argv=None):
                          paper.mean_std(tests[:, -1])))
         ax.set(title=paper.noise_label(kind, rate), xlabel="number of trainings (full-training equivalents)",
                ylabel="best validation accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7)
     paper.save(fig, study, "fig6.png", f"Figure 6 — search efficiency, {study.dataset}, scale {sc.name}, "
                f"search seeds {list(seeds)}")
     table = study.header(f"Figure 6: best validation accuracy after {budget} trainings "

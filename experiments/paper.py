@@ -298,6 +298,10 @@ def panels(n: int, width: float = 4.6, height: float = 3.6):
 
 
 def save(fig, study: Study, name: str, title: str):
+    """Grid on every panel, the legend on the last, the title; write ``<root>/<name>``."""
+    for ax in fig.axes:
+        ax.grid(alpha=0.3)
+    fig.axes[-1].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(study.path(name), dpi=110)

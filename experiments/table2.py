@@ -56,8 +56,6 @@ def main(argv=None):
         for col in COLUMNS:
             ax.plot(res[col]["curve"], label=NAMES[col] + (f" ({res[col]['which']})" if col == "single" else ""))
         ax.set(title=paper.noise_label(kind, rate), xlabel="epoch t", ylabel="R(t)", ylim=(0, 1.05))
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7)
     paper.save(fig, study, "table2.png", f"Table 2 — best R(t) per search space (random search, {n} "
                f"trainings each), {study.dataset}, scale {sc.name}")
     ref = paper.PAPER_TABLE2.get(paper.family(study.dataset), {})

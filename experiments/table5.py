@@ -63,8 +63,6 @@ def main(argv=None):
             ax.plot(t, a["curve"], lw=1, ls="--", label=f"ASNG (mean of p_θ), seed {sc.asng_seeds[i]}")
         ax.plot(t, paper.coteaching_curve(study, kind, rate), "k:", label="Co-teaching (eq. 1)")
         ax.set(title=paper.noise_label(kind, rate), xlabel="epoch t", ylabel="R(t)", ylim=(0, 1.05))
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7)
     paper.save(fig, study, "table5.png", f"Table 5 — R(t) of S2E and ASNG, {study.dataset}, scale {sc.name}")
     ref = paper.PAPER_TABLE5.get(paper.family(study.dataset), {})
     table = study.header("Table 5: test accuracy (%) of S2E and ASNG (weight sharing), mean ± std over seeds (ASNG: seeds " + str(list(sc.asng_seeds)) + ")")
