@@ -40,6 +40,10 @@ EXPERIMENTAL (off by default, ``--shard``): a batch-split data-parallel Co-teach
 measured in a child process (the flag must be set before jax starts) next to the trainer's
 ``fused/loop`` under the same flag; its rows are labeled EXPERIMENTAL and are not part of the trainer.
 
+``--xla-default``: the default execution once more in a child process with XLA's default CPU
+convolutions, i.e. without the YNNPACK flag that importing ``s2e_jax`` sets (``s2e_jax.xla_cpu``):
+what that flag is worth, in the same run.
+
 Usage::
 
     python experiments/bench_train.py                 # everything (~17 min on a busy 2-core machine)
@@ -79,6 +83,7 @@ from s2e_jax import data as data_lib  # noqa: E402
 from s2e_jax import models as models_lib  # noqa: E402
 from s2e_jax import schedules, selection  # noqa: E402
 from s2e_jax import train as train_lib  # noqa: E402
+from s2e_jax import xla_cpu  # noqa: E402
 
 BATCH = 128
 LR = 1e-3
@@ -429,6 +434,9 @@ def parse_args(argv=None):
     p.add_argument("--shard", action="store_true",
                    help="EXPERIMENTAL: also time a batch-split shard_map step over 2 forced host CPU "
                         "devices (child process)")
+    p.add_argument("--xla-default", action="store_true",
+                   help="also time the default execution with XLA's default CPU convolutions, i.e. without "
+                        "the YNNPACK flag s2e_jax sets (s2e_jax.xla_cpu), in a child process")
     p.add_argument("--quick", action="store_true", help="smoke test: few steps, one timed epoch")
     p.add_argument("--out", default=None, help="directory to write bench_train.md and bench_train.csv")
     args = p.parse_args(argv)
@@ -465,44 +473,66 @@ def steps_for(args, model):
     return dict(mlp=150, model1=60, model2=20, model3=5)[model]
 
 
-SHARD_WORKER = "--_shard-worker"
+CHILD_WORKER = "--_child-worker"
+CHILD_KINDS = {  # kind: (environment of the child, what it measures)
+    "shard": ({"XLA_FLAGS+": "--xla_force_host_platform_device_count=2"},
+              "a batch-split shard_map step and the trainer's fused/loop under 2 forced host devices"),
+    "xla-default": ({xla_cpu.OPT_OUT: "0"},
+                    "the trainer's default execution with XLA's default CPU convolutions (no YNNPACK)"),
+}
 
 
-def shard_child(args, model, steps):
-    """Run :func:`shard_worker` in a child process with 2 forced host CPU devices."""
+def child(args, model, steps, kind):
+    """Run :func:`child_worker` for ``kind`` in a child process (XLA flags are read once, when
+    JAX starts, so a different setting needs a different process); returns its results."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
-    spec = dict(model=model, steps=steps, repeats=args.repeats, budget=args.budget, n_eval=args.n_eval,
-                mnist=args.mnist)
-    cmd = [sys.executable, os.path.abspath(__file__), SHARD_WORKER, json.dumps(spec)]
-    print("  EXPERIMENTAL: child process with --xla_force_host_platform_device_count=2", flush=True)
+    for k, v in CHILD_KINDS[kind][0].items():
+        if k.endswith("+"):
+            env[k[:-1]] = (env.get(k[:-1], "") + " " + v).strip()
+        else:
+            env[k] = v
+    if kind == "xla-default":  # drop the flag this process's import of s2e_jax appended
+        env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if xla_cpu.FLAG_NAME not in f)
+    spec = dict(kind=kind, model=model, steps=steps, repeats=args.repeats, budget=args.budget,
+                n_eval=args.n_eval, mnist=args.mnist)
+    cmd = [sys.executable, os.path.abspath(__file__), CHILD_WORKER, json.dumps(spec)]
+    print(f"  child process: {CHILD_KINDS[kind][1]}", flush=True)
     try:
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               timeout=900)
     except subprocess.TimeoutExpired:
-        print("  EXPERIMENTAL shard_map child timed out; skipped", file=sys.stderr)
+        print(f"  {kind} child timed out; skipped", file=sys.stderr)
         return {}
     if proc.returncode != 0:
         why = [ln for ln in proc.stderr.splitlines() if "rendezvous" in ln or "Error" in ln][-1:]
-        print(f"  EXPERIMENTAL shard_map child failed (exit {proc.returncode}); skipped. "
-              f"{why[0][:300] if why else ''}\n  (XLA CPU collectives can deadlock when 2 host devices share "
-              "a 2-thread pool on a busy 2-core machine)", file=sys.stderr)
+        print(f"  {kind} child failed (exit {proc.returncode}); skipped. {why[0][:300] if why else ''}"
+              + ("\n  (XLA CPU collectives can deadlock when 2 host devices share a 2-thread pool on a "
+                 "busy 2-core machine)" if kind == "shard" else ""), file=sys.stderr)
         return {}
     return {k: tuple(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
 
-def shard_worker(spec):
-    """Child of ``--shard``: the shard_map step and the trainer's fused/loop under 2 host devices."""
-    if jax.device_count() < 2:
-        raise SystemExit("shard worker: needs 2 JAX devices")
+def child_worker(spec):
+    """The child of :func:`child`: ``shard`` times the shard_map step and the trainer's fused/loop
+    under 2 host devices; ``xla-default`` the trainer's default execution without YNNPACK."""
     ds, is_clean, _ = make_dataset(spec["model"], spec["steps"] * BATCH, spec["n_eval"], 0, spec["mnist"])
-    runners = {"EXPERIMENTAL shard_map": ShardRunner(ds, is_clean, spec["model"], spec["steps"]),
-               "EXPERIMENTAL jax fused/loop": JaxRunner(ds, is_clean, spec["model"], "fused", "loop",
-                                                        spec["n_eval"])}
-    meta = {"EXPERIMENTAL shard_map": dict(impl="EXPERIMENTAL 2dev shard_map, no eval", net_form="unroll",
-                                           driver="loop"),
-            "EXPERIMENTAL jax fused/loop": dict(impl="EXPERIMENTAL 2dev trainer", net_form="fused",
-                                                driver="loop")}
+    if spec["kind"] == "shard":
+        if jax.device_count() < 2:
+            raise SystemExit("shard worker: needs 2 JAX devices")
+        runners = {"EXPERIMENTAL shard_map": ShardRunner(ds, is_clean, spec["model"], spec["steps"]),
+                   "EXPERIMENTAL jax fused/loop": JaxRunner(ds, is_clean, spec["model"], "fused", "loop",
+                                                            spec["n_eval"])}
+        meta = {"EXPERIMENTAL shard_map": dict(impl="EXPERIMENTAL 2dev shard_map, no eval", net_form="unroll",
+                                               driver="loop"),
+                "EXPERIMENTAL jax fused/loop": dict(impl="EXPERIMENTAL 2dev trainer", net_form="fused",
+                                                    driver="loop")}
+    else:
+        if xla_cpu.active():
+            raise SystemExit("xla-default worker: YNNPACK is still on")
+        form, driver = train_lib.default_execution(spec["model"])
+        name = f"jax {form}/{driver}, XLA default convs"
+        runners = {name: JaxRunner(ds, is_clean, spec["model"], form, driver, spec["n_eval"])}
+        meta = {name: dict(impl="jax, XLA default convs", net_form=form, driver=driver)}
     with contextlib.redirect_stdout(sys.stderr):
         res = measure(runners, spec["repeats"], spec["budget"])
     print(json.dumps({k: (res[k], meta[k]) for k in runners}))
@@ -585,8 +615,8 @@ def main(argv=None):
                               + ("" if args.precision == "float32" else f" {args.precision}"),
                               net_form=form, driver=driver)
         results = measure(runners, args.repeats, args.budget)
-        if args.shard:
-            for name, (res, m) in shard_child(args, model, steps).items():
+        for kind in (["xla-default"] if args.xla_default else []) + (["shard"] if args.shard else []):
+            for name, (res, m) in child(args, model, steps, kind).items():
                 results[name], meta[name] = res, m
         base = next((results[k]["images_per_s"] for k in runners if meta[k].get("default")), None)
         base1 = next((results[k]["images_per_s"] for k in runners if meta[k].get("torch_threads") == 1), None)
@@ -602,7 +632,9 @@ def main(argv=None):
     load_after = os.getloadavg()
 
     header = (f"Co-teaching training throughput, batch {BATCH}, 2 networks, Adam lr {LR:g}; "
-              f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} device(s))"
+              f"jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} device(s)"
+              + (f", YNNPACK {'on' if xla_cpu.active() else 'off'}" if jax.default_backend() == "cpu" else "")
+              + ")"
               + (f" [{jax.devices()[0].device_kind}]" if jax.default_backend() != "cpu" else "")
               + (f", torch {torch_version} on {torch_device} (default {default_threads} threads)"
                  if torch_version else "")
@@ -637,7 +669,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == SHARD_WORKER:
-        shard_worker(json.loads(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] == CHILD_WORKER:
+        child_worker(json.loads(sys.argv[2]))
     else:
         main()
