@@ -41,6 +41,10 @@ def _add_train_args(p: argparse.ArgumentParser):
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (TPU pod, multi-node GPU job): trials "
                         "are sharded over every process' devices, only process 0 writes files")
+    p.add_argument("--coordinator", default=None,
+                   help="with --distributed, where no cluster manager says: HOST:PORT of process 0")
+    p.add_argument("--num-processes", type=int, default=None, help="with --coordinator: processes in all")
+    p.add_argument("--process-id", type=int, default=None, help="with --coordinator: this process' index")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -94,11 +98,14 @@ def _add_search_parser(sub):
 
 def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "distributed", False):  # before any other JAX call
-        from s2e_jax import parallel
-
-        parallel.initialize_distributed()
     try:
+        if getattr(args, "distributed", False):  # before any other JAX call
+            from s2e_jax import parallel
+
+            parallel.initialize_distributed(**parallel.launch_args(args.coordinator, args.num_processes,
+                                                                   args.process_id))
+        elif any(getattr(args, k, None) is not None for k in ("coordinator", "num_processes", "process_id")):
+            raise ConfigError("coordinator: --coordinator, --num-processes and --process-id need --distributed")
         if args.command == "train":
             from s2e_jax.train import train
 

@@ -50,12 +50,39 @@ _MIB = 2**20
 _distributed = [False]
 
 
+def launch_args(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                process_id: Optional[int] = None) -> dict:
+    """Keyword arguments of ``jax.distributed.initialize`` for a launch without a cluster manager
+    (``--coordinator HOST:PORT --num-processes N --process-id I``); ``{}`` lets JAX detect the
+    cluster (TPU pod, Slurm, Open MPI, ...). All three or none."""
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
+    if not any(given):
+        return {}
+    if not all(given):
+        raise ConfigError("coordinator: give --coordinator, --num-processes and --process-id together")
+    host, _, port = str(coordinator).rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"coordinator: expected HOST:PORT, got {coordinator!r}")
+    if num_processes < 1:
+        raise ConfigError(f"num_processes: must be >= 1, got {num_processes}")
+    if not 0 <= process_id < num_processes:
+        raise ConfigError(f"process_id: must be in 0..{num_processes - 1}, got {process_id}")
+    return dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+
+
 def initialize_distributed(**kwargs) -> None:
     """``jax.distributed.initialize(**kwargs)`` once per process (a TPU pod, a multi-node GPU job:
     the cluster is detected from its environment; ``kwargs`` e.g. ``coordinator_address``,
-    ``num_processes``, ``process_id`` elsewhere). Call it before any other JAX call."""
+    ``num_processes``, ``process_id`` elsewhere, see :func:`launch_args`). Call it before any other
+    JAX call. CPU processes gather results over gloo (JAX's CPU collectives) unless
+    ``jax_cpu_collectives_implementation`` is already set."""
     if _distributed[0]:
         return
+    try:
+        if not jax.config.jax_cpu_collectives_implementation:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except AttributeError:  # a jax without the option
+        pass
     jax.distributed.initialize(**kwargs)
     _distributed[0] = True
 
