@@ -217,7 +217,8 @@ def test_skip_stem_equals_full_path(cases, name):
         np.testing.assert_allclose(np.asarray(h), np.asarray(ref), atol=1e-5, rtol=1e-5)
     else:
         assert h.shape[-1] == stem["kernel"].shape[-1]
-    skipped = case.skipped(case.variables, h)
+    # skip_stem takes what follows the stem's post_stem (Model 1: pool + ReLU, MLP: ReLU)
+    skipped = case.skipped(case.variables, case.model.post_stem(h))
     np.testing.assert_allclose(np.asarray(skipped), np.asarray(full), atol=1e-5, rtol=1e-5)
 
 
@@ -230,7 +231,7 @@ def test_fused_stem_equals_separate(cases, name):
     outs = fused_stem_jit(case.model, [v1["params"][case.model.stem_name], v2["params"]], case.x)
     assert len(outs) == 2
     for v, h in zip((v1, v2), outs):
-        own = case.stem_out(v)  # the network's own conv0/dense0 output
+        own = case.model.post_stem(case.stem_out(v))  # the network's own conv0/dense0 output, post_stem
         assert h.shape == own.shape
         np.testing.assert_allclose(np.asarray(h), np.asarray(own), atol=1e-5, rtol=1e-5)
         # and the fused outputs drive skip_stem to the same logits
@@ -248,10 +249,12 @@ def test_fused_stem_three_networks(cases):
     p = case.variables["params"]["conv0"]
     stems = [p, jax.tree_util.tree_map(lambda a: -a, p), jax.tree_util.tree_map(lambda a: 2 * a, p)]
     outs = fused_stem_jit(case.model, stems, case.x)
-    own = case.stem_out(case.variables)
-    assert [o.shape for o in outs] == [own.shape] * 3
-    np.testing.assert_allclose(np.asarray(outs[1]), -np.asarray(own), atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(outs[2]), 2 * np.asarray(own), atol=1e-5, rtol=1e-5)
+    own = case.stem_out(case.variables)  # conv0's output; post_stem = relu(pool(.))
+    post = case.model.post_stem
+    assert [o.shape for o in outs] == [post(own).shape] * 3
+    np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(post(own)), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(outs[1]), np.asarray(post(-own)), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(outs[2]), 2 * np.asarray(post(own)), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["model2", "model3"])
@@ -320,6 +323,22 @@ def test_max_pool_equals_nn_max_pool():
         np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
         # gradients agree as well (no ties in random data)
         np.testing.assert_allclose(np.asarray(g_out), np.asarray(g_ref), atol=1e-6)
+
+
+def test_max_pool_gradient_ties_and_relu_order():
+    # exact ties: every tied entry gets the window's gradient (no sharing); floor mode: none for
+    # the dropped last row
+    x = jnp.asarray([[1.0, 3.0], [3.0, 2.0], [9.0, 9.0]])[None, :, :, None]  # (1, 3, 2, 1)
+    g = jax.grad(lambda z: 5.0 * max_pool_2x2(z).sum())(x)
+    np.testing.assert_array_equal(np.asarray(g)[0, :, :, 0], [[0.0, 5.0], [5.0, 0.0], [0.0, 0.0]])
+    # ReLU and max-pool commute (the models pool first): values and gradients, zeros included
+    z = jnp.asarray(np.random.default_rng(1).standard_normal((2, 6, 6, 3)), jnp.float32)
+    z = z.at[0, :2, :2, 0].set(-1.0)  # a window with no positive entry
+    w = jnp.asarray(np.random.default_rng(2).standard_normal((2, 3, 3, 3)), jnp.float32)
+    a = lambda t: (w * nn.relu(max_pool_2x2(t))).sum()  # noqa: E731
+    b = lambda t: (w * max_pool_2x2(nn.relu(t))).sum()  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(a(z)), np.asarray(b(z)))
+    np.testing.assert_array_equal(np.asarray(jax.grad(a)(z)), np.asarray(jax.grad(b)(z)))
 
 
 def test_get_model_and_errors():
