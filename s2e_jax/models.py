@@ -230,9 +230,8 @@ class Model2(nn.Module):
         for i, (features, pool) in enumerate(self.layers):
             if i > 0 or not skip_stem:
                 x = _conv(x.shape[-1], features, 3, "SAME", f"conv{i}")(x)
-            x = nn.relu(_batch_norm(train, f"bn{i}")(x))
-            if pool:
-                x = max_pool_2x2(x)
+            x = _batch_norm(train, f"bn{i}")(x)
+            x = nn.relu(max_pool_2x2(x) if pool else x)  # = pool(relu(.)), a quarter of the ReLUs
         _check_spatial(x, 1, "model2")
         x = x.reshape((x.shape[0], -1))
         return _dense(x.shape[-1], self.num_classes, "dense0")(x)
@@ -274,13 +273,15 @@ class Model3(nn.Module):
                 if padding == "VALID":
                     _check_spatial(x, 3, "model3")
                 x = _conv(x.shape[-1], features, 3, padding, f"conv{i}")(x)
-            x = nn.leaky_relu(_batch_norm(train, f"bn{i}")(x), negative_slope=0.01)
-            if i in (2, 5):
-                x = max_pool_2x2(x)
+            x = _batch_norm(train, f"bn{i}")(x)
+            if i in (2, 5):  # pool then LeakyReLU = LeakyReLU then pool (monotone), fewer elements
+                x = nn.leaky_relu(max_pool_2x2(x), negative_slope=0.01)
                 # F.dropout2d: one Bernoulli draw per (example, channel).
                 x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2))(
                     x, deterministic=not train
                 )
+            else:
+                x = nn.leaky_relu(x, negative_slope=0.01)
         x = jnp.mean(x, axis=(1, 2))  # global average pool (avg_pool2d over the full map)
         return _dense(x.shape[-1], self.num_classes, "dense0")(x)
 
