@@ -41,7 +41,7 @@ measured in a child process (the flag must be set before jax starts) next to the
 ``fused/loop`` under the same flag; its rows are labeled EXPERIMENTAL and are not part of the trainer.
 
 ``--xla-default``: the default execution once more in a child process with XLA's default CPU
-convolutions, i.e. without the YNNPACK flag that importing ``s2e_jax`` sets (``s2e_jax.xla_cpu``):
+convolutions, i.e. without the YNNPACK flag the entry points set (``s2e_jax.xla_cpu``):
 what that flag is worth, in the same run.
 
 Usage::
@@ -75,6 +75,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from s2e_jax import xla_cpu  # noqa: E402
+
+xla_cpu.configure()  # YNNPACK convolutions on XLA's CPU backend, before JAX starts
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -83,7 +86,6 @@ from s2e_jax import data as data_lib  # noqa: E402
 from s2e_jax import models as models_lib  # noqa: E402
 from s2e_jax import schedules, selection  # noqa: E402
 from s2e_jax import train as train_lib  # noqa: E402
-from s2e_jax import xla_cpu  # noqa: E402
 
 BATCH = 128
 LR = 1e-3
@@ -436,7 +438,7 @@ def parse_args(argv=None):
                         "devices (child process)")
     p.add_argument("--xla-default", action="store_true",
                    help="also time the default execution with XLA's default CPU convolutions, i.e. without "
-                        "the YNNPACK flag s2e_jax sets (s2e_jax.xla_cpu), in a child process")
+                        "the YNNPACK flag the entry points set (s2e_jax.xla_cpu), in a child process")
     p.add_argument("--quick", action="store_true", help="smoke test: few steps, one timed epoch")
     p.add_argument("--out", default=None, help="directory to write bench_train.md and bench_train.csv")
     args = p.parse_args(argv)

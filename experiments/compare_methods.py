@@ -18,6 +18,9 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from s2e_jax import xla_cpu  # noqa: E402
+
+xla_cpu.configure()  # YNNPACK convolutions on XLA's CPU backend, before JAX starts
 
 from s2e_jax.config import TrainConfig  # noqa: E402
 from s2e_jax.train import train  # noqa: E402

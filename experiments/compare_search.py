@@ -15,6 +15,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from s2e_jax import xla_cpu  # noqa: E402
+
+xla_cpu.configure()  # YNNPACK convolutions on XLA's CPU backend, before JAX starts
 
 from s2e_jax import search  # noqa: E402
 from s2e_jax import search_run  # noqa: E402

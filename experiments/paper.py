@@ -33,6 +33,9 @@ from typing import Optional
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from s2e_jax import xla_cpu  # noqa: E402
+
+xla_cpu.configure()  # YNNPACK convolutions on XLA's CPU backend, before JAX starts
 
 import matplotlib  # noqa: E402
 

@@ -2,8 +2,4 @@
 
 __version__ = "0.1.0"
 
-from s2e_jax import xla_cpu as _xla_cpu
-
-_xla_cpu.configure()  # YNNPACK convolutions for XLA's CPU backend (see s2e_jax/xla_cpu.py)
-
-from s2e_jax.config import ConfigError, TrainConfig  # noqa: E402,F401
+from s2e_jax.config import ConfigError, TrainConfig  # noqa: F401

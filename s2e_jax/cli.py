@@ -97,6 +97,9 @@ def _add_search_parser(sub):
 
 
 def main(argv: Optional[list] = None) -> int:
+    from s2e_jax import xla_cpu
+
+    xla_cpu.configure()  # YNNPACK convolutions on XLA's CPU backend, before JAX starts (xla_cpu.py)
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "distributed", False):  # before any other JAX call

@@ -1,22 +1,29 @@
-"""XLA's CPU backend: the one setting that makes conv nets fast here, applied on import.
+"""XLA's CPU backend: the one setting that makes conv nets fast here, for the entry points.
 
 XLA's default CPU convolutions (Eigen) run nearly single-threaded, and their kernel gradient is
 slow: for Model 1's Co-teaching step the trainer ran 13.7 steps/s against PyTorch's 35 on the
 2-core CPU this was built on. With YNNPACK enabled for XLA's CPU backend
-(``--xla_cpu_experimental_ynn_fusion_type=dot``) convolutions and their gradients go through
-YNNPACK: Model 1 ~2x, Model 2 ~2.5x, gradients equal to float32 rounding (tested in
-``tests/test_xla_cpu.py``; figures in the README's "Speed and scale"). Of YNN's fusion types only
-``dot`` is enabled: ``eltwise`` made the MLP's step 2x slower, ``reduce`` gave nothing more.
+(``--xla_cpu_experimental_ynn_fusion_type=reduce``) convolutions and their gradients go through
+YNNPACK: Model 1 ~2-3x, Model 2 ~2.5-4x, Model 3 ~3x, the MLP unchanged; gradients equal to
+float32 rounding (``tests/test_xla_cpu.py``; figures in the README's "Speed and scale").
 
-:func:`configure` appends the flag to ``XLA_FLAGS`` when ``s2e_jax`` is imported, unless
+Any YNN fusion type turns YNNPACK's convolutions on; they differ elsewhere (measured, 2-core CPU):
+``dot`` made a chain of two 2048x2048 matmuls 30x slower (2 vs ~60 GFLOP/s), ``eltwise`` the MLP's
+step 2x slower; ``reduce`` made plain reductions 2-10x faster but a matmul chain ending in a sum 2x
+slower and a reduction of a slice 1.6x slower (openxla/xla#46351). Hence ``reduce``, and hence the
+flag is a process-wide choice of the entry points, not a side effect of importing the library:
+``python -m s2e_jax`` and the scripts under ``experiments/`` call :func:`configure` first; your own
+program may call it before its first JAX computation.
+
+:func:`configure` appends the flag to ``XLA_FLAGS``, unless
 
 * ``XLA_FLAGS`` already names ``xla_cpu_experimental_ynn_fusion_type`` (the user's choice wins),
 * ``S2E_JAX_XLA_CPU_DEFAULTS=0`` is set (opt out), or
 * the installed jaxlib does not know the flag (XLA aborts on unknown flags, so it is looked up in
   jaxlib's shared libraries first).
 
-XLA reads ``XLA_FLAGS`` once, when JAX starts its backends: import ``s2e_jax`` before the first JAX
-computation for the setting to take effect (:func:`active` tells). The flag only concerns the CPU
+XLA reads ``XLA_FLAGS`` once, when JAX starts its backends: call :func:`configure` before the first
+JAX computation (:func:`active` tells whether it took effect). The flag only concerns the CPU
 backend; GPU and TPU compilation is unchanged.
 """
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import MutableMapping, Optional
 __all__ = ["FLAG", "FLAG_NAME", "OPT_OUT", "flag_supported", "configure", "active"]
 
 FLAG_NAME = "xla_cpu_experimental_ynn_fusion_type"
-FLAG = f"--{FLAG_NAME}=dot"
+FLAG = f"--{FLAG_NAME}=reduce"
 OPT_OUT = "S2E_JAX_XLA_CPU_DEFAULTS"
 
 _supported: Optional[bool] = None

@@ -1,4 +1,4 @@
-"""s2e_jax.xla_cpu: the YNNPACK flag is set on import unless the user decided, and it changes
+"""s2e_jax.xla_cpu: the entry points set the YNNPACK flag unless the user decided, and it changes
 speed, not results (gradients of the MLP and Models 1-2 (every layer type of Table 4 but dropout) equal to float32 rounding)."""
 import os
 import subprocess
@@ -42,14 +42,17 @@ def test_the_installed_jaxlib_is_looked_up():
     import jaxlib
 
     assert isinstance(xla_cpu.flag_supported(), bool)
-    if xla_cpu.flag_supported():  # then importing s2e_jax set it in this process, or the user did
+    if xla_cpu.flag_supported():  # then tests/conftest.py set it in this process, or the user did
         assert xla_cpu.FLAG_NAME in os.environ.get("XLA_FLAGS", "") or os.environ.get(xla_cpu.OPT_OUT) == "0"
     assert jaxlib.__version__
 
 
 GRADS = r"""
-import sys, numpy as np, jax, jax.numpy as jnp
-from s2e_jax import models, xla_cpu
+import sys, numpy as np
+from s2e_jax import xla_cpu
+xla_cpu.configure()  # as python -m s2e_jax does
+import jax, jax.numpy as jnp
+from s2e_jax import models
 out = {"active": np.asarray(xla_cpu.active())}
 key = jax.random.PRNGKey(0)
 for name, shape, nc in [("mlp", (16, 28, 28, 1), 10), ("model1", (16, 32, 32, 3), 10),
@@ -81,6 +84,18 @@ def _grads(tmp_path, tag, **env):
 
 
 @pytest.mark.skipif(not xla_cpu.flag_supported(), reason="this jaxlib has no YNNPACK flag")
+def test_cli_sets_the_flag_before_jax_starts():
+    code = ("import os, sys; from s2e_jax.cli import main; main(['train', '--epochs', 'x']) if False else None; "
+            "from s2e_jax import cli, xla_cpu\n"
+            "try:\n    cli.main(['train', '--bogus'])\nexcept SystemExit:\n    pass\n"
+            "import jax; jax.numpy.zeros(1).block_until_ready(); print(xla_cpu.active(), os.environ['XLA_FLAGS'])")
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", xla_cpu.FLAG]
+
+
 def test_ynnpack_gives_the_gradients_of_xlas_default(tmp_path):
     fast = _grads(tmp_path, "ynn")
     plain = _grads(tmp_path, "default", **{xla_cpu.OPT_OUT: "0"})
