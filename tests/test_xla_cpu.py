@@ -85,10 +85,9 @@ def _grads(tmp_path, tag, **env):
 
 @pytest.mark.skipif(not xla_cpu.flag_supported(), reason="this jaxlib has no YNNPACK flag")
 def test_cli_sets_the_flag_before_jax_starts():
-    code = ("import os, sys; from s2e_jax.cli import main; main(['train', '--epochs', 'x']) if False else None; "
-            "from s2e_jax import cli, xla_cpu\n"
-            "try:\n    cli.main(['train', '--bogus'])\nexcept SystemExit:\n    pass\n"
-            "import jax; jax.numpy.zeros(1).block_until_ready(); print(xla_cpu.active(), os.environ['XLA_FLAGS'])")
+    code = ("import os\nfrom s2e_jax import cli, xla_cpu\n"
+            "try:\n    cli.main(['train', '--bogus'])  # configures, then argparse exits\nexcept SystemExit:\n    pass\n"
+            "import jax\njax.numpy.zeros(1).block_until_ready()\nprint(xla_cpu.active(), os.environ['XLA_FLAGS'])")
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
