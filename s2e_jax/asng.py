@@ -340,38 +340,43 @@ def _identity(cfg: AsngConfig) -> dict:
 
 def _open_out(cfg: AsngConfig):
     """The run directory: a new or empty one, or this very run's (finished: its result is returned;
-    unfinished: its own files are removed and it starts over). Anything else is refused."""
+    unfinished: its own files are removed and it starts over). Anything else is refused. Every process
+    checks it, so all agree, before process 0 alone changes it (``--distributed``)."""
     out = cfg.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"out: {out} exists and is not a directory; nothing was overwritten")
-    if not os.path.isdir(out) or not os.listdir(out):
-        return runs.RunDir.open(out), None
+    names = set(os.listdir(out)) if os.path.isdir(out) else set()
     root = runs.RunDir(out)
-    ident = _identity(cfg)
-    try:
-        same = root.exists("asng_config.json") and root.read_json("asng_config.json").get("identity") == ident
-    except (OSError, ValueError):
-        same = False
-    if not same:
-        raise ConfigError(f"out: {out} exists, is not empty and does not hold this ASNG run; "
-                          "choose another --out (nothing was overwritten)")
-    if root.exists("result.json"):
-        return root, root.read_json("result.json")
-    names = set(os.listdir(out))
-    retrain = os.path.join(out, "retrain")
-    foreign = sorted((names - set(_OWN_FILES) - {"retrain"})
-                     | ({"retrain/" + n for n in os.listdir(retrain)} - {"retrain/" + n for n in _RETRAIN_FILES}
-                        if os.path.isdir(retrain) else set()))
-    if foreign:
-        raise ConfigError(f"out: {out} holds an unfinished ASNG run and other files ({', '.join(foreign)}); "
-                          "choose another --out (nothing was overwritten)")
-    for n in names - {"retrain"}:           # only this module's own files (checked above)
-        os.remove(os.path.join(out, n))
-    if os.path.isdir(retrain):
-        for n in os.listdir(retrain):
-            os.remove(os.path.join(retrain, n))
-        os.rmdir(retrain)
-    return root, None
+    if names:
+        ident = _identity(cfg)
+        try:
+            same = (root.exists("asng_config.json")
+                    and root.read_json("asng_config.json").get("identity") == ident)
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            raise ConfigError(f"out: {out} exists, is not empty and does not hold this ASNG run; "
+                              "choose another --out (nothing was overwritten)")
+        if root.exists("result.json"):
+            return root, root.read_json("result.json")
+        retrain = os.path.join(out, "retrain")
+        own_retrain = set(os.listdir(retrain)) if os.path.isdir(retrain) else set()
+        foreign = sorted((names - set(_OWN_FILES) - {"retrain"})
+                         | {"retrain/" + n for n in own_retrain - set(_RETRAIN_FILES)})
+        if foreign:
+            raise ConfigError(f"out: {out} holds an unfinished ASNG run and other files "
+                              f"({', '.join(foreign)}); choose another --out (nothing was overwritten)")
+    from s2e_jax import parallel
+
+    parallel.barrier(f"s2e_jax.asng:{out}")
+    if runs.is_writer():
+        for n in names - {"retrain"}:           # only this module's own files (checked above)
+            os.remove(os.path.join(out, n))
+        if "retrain" in names:
+            for n in own_retrain:
+                os.remove(os.path.join(retrain, n))
+            os.rmdir(retrain)
+    return runs.RunDir.open(out), None
 
 
 def _plot_schedule(path, curve, used, epochs, noise_rate):
@@ -447,10 +452,12 @@ def run(cfg: AsngConfig, dataset=None) -> dict:
                    delta=float(cfg.delta_init / float(th.Delta)), seconds=float(seconds), shared=shared,
                    retrain=None)
     with tempfile.TemporaryDirectory() as tmp:
-        sched_path = root.path("best_schedule.json") if root else os.path.join(tmp, "best_schedule.json")
+        # process 0 writes the run directory's copy; any other process (--distributed) its own
+        writes = root is not None and runs.is_writer()
+        sched_path = root.path("best_schedule.json") if writes else os.path.join(tmp, "best_schedule.json")
         schedules.save_schedule_file(sched_path, space, x, T, algo=ALGO,
                                      f=float(1.0 - shared["final_val_acc"]))
-        if root:
+        if writes:
             _plot_schedule(root.path("schedule.png"), curve, metrics["r"], T, cfg.train.noise_rate)
         if cfg.retrain:
             rcfg = cfg.train.replace(schedule=sched_path, out=root.path("retrain") if root else None)

@@ -92,6 +92,15 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+def barrier(name: str) -> None:
+    """Wait until every process gets here (nothing to do in a single process): a run directory is
+    checked by every process before process 0 writes into it, so all of them agree on its state."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def gather(tree):
     """A tree of (possibly multi-host, sharded) arrays as numpy arrays holding the global values."""
     if jax.process_count() > 1:

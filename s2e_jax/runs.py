@@ -81,9 +81,14 @@ class RunDir:
 
     @classmethod
     def create(cls, root: str) -> "RunDir":
+        """A new run directory. Every process checks it (all refuse the same one; several processes
+        need a shared file system, as resuming does) before process 0 creates it."""
+        from s2e_jax import parallel
+
         if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
             raise ConfigError(f"out: run directory already exists and is not empty: {root} "
                               "(choose another --out; nothing was overwritten)")
+        parallel.barrier(f"s2e_jax.runs.create:{root}")
         if is_writer():
             os.makedirs(root, exist_ok=True)
         return cls(root)

@@ -29,7 +29,7 @@ from typing import Optional
 
 import numpy as np
 
-from s2e_jax import runs, schedules, search
+from s2e_jax import parallel, runs, schedules, search
 from s2e_jax import train as train_lib
 from s2e_jax.config import ConfigError, TrainConfig, _check_choice, _check_int
 
@@ -138,18 +138,20 @@ def run(cfg: SearchConfig, dataset=None) -> dict:
     cfg.validate()
     space = schedules.get_space(cfg.space)
     root = runs.RunDir.open(cfg.out) if cfg.out else None
-    # --distributed: every process reads the directory (resume needs it on a shared file system);
-    # process 0 checks it and is the only one that writes (s2e_jax.runs)
-    if root is not None and runs.is_writer():
+    # --distributed: every process reads and checks the directory (resume needs it on a shared file
+    # system), so all refuse the same one; then process 0 alone writes (s2e_jax.runs)
+    if root is not None:
         ident = _identity(cfg)
-        if root.exists("search_config.json"):
+        fresh = not root.exists("search_config.json")
+        if not fresh:
             old = root.read_json("search_config.json")
             if old.get("identity") != ident:
                 raise ConfigError(f"out: {cfg.out} holds a search with other settings (data, noise, "
                                   "training, space or seed); choose another --out")
-        elif os.listdir(root.root):
+        elif os.path.isdir(root.root) and os.listdir(root.root):
             raise ConfigError(f"out: {cfg.out} exists and is not a search directory; nothing was overwritten")
-        else:
+        parallel.barrier(f"s2e_jax.search_run:{cfg.out}")
+        if fresh:
             root.write_json("search_config.json", dict(identity=ident, config=cfg.to_dict()))
     algo_dir = runs.RunDir.open(os.path.join(cfg.out, cfg.algo)) if root else None
 

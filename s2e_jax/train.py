@@ -503,7 +503,8 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
     from s2e_jax import parallel, runs
 
     prep = prepare(config, dataset)
-    run = runs.RunDir.create(config.out) if config.out and parallel.is_main_process() else None
+    # every process checks the directory (runs.RunDir.create); only process 0 writes into it
+    run = runs.RunDir.create(config.out) if config.out else None
     if run:
         run.write_json("config.json", dict(config.to_dict(), model_resolved=prep.model_name,
                                            net_form=prep.trainer.net_form, driver=prep.trainer.driver,
@@ -521,7 +522,7 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
     bar.close()
     metrics = _stack_epochs(rows)
     summary = summarize(metrics, prep.noise_info, time.time() - start)
-    if run:
+    if run and parallel.is_main_process():
         run.write_json("summary.json", summary)
         if prep.transition is not None:
             np.save(run.path("transition.npy"), prep.transition)

@@ -29,22 +29,42 @@ def _records(out):
         return [json.loads(line) for line in f]
 
 
-def test_two_processes_run_the_search_of_one(tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    ref = tmp_path / "one"
-    subprocess.run(SEARCH + ["--out", str(ref)], check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
-    out, port = tmp_path / "two", _free_port()
-    procs = [subprocess.Popen(SEARCH + ["--out", str(out), "--distributed", "--coordinator", f"127.0.0.1:{port}",
-                                        "--num-processes", "2", "--process-id", str(i)],
-                              env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+TINY = ["--dataset", "digits", "--noise", "symmetric", "--noise-rate", "0.2", "--epochs", "2",
+        "--batch-size", "128", "--seed", "0", "--no-progress"]
+
+
+def _two_processes(cmd):
+    """Run ``cmd`` as processes 0 and 1 of one jax.distributed job on localhost; their return codes and
+    standard errors."""
+    port = _free_port()
+    procs = [subprocess.Popen(cmd + ["--distributed", "--coordinator", f"127.0.0.1:{port}",
+                                     "--num-processes", "2", "--process-id", str(i)],
+                              env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     try:
         results = [p.communicate(timeout=600) for p in procs]
     finally:
         for p in procs:
             p.kill()
-    for p, (_, err) in zip(procs, results):
-        assert p.returncode == 0, err[-3000:]
+    return [p.returncode for p in procs], [err for _, err in results]
+
+
+def _ok(codes, errs):
+    for code, err in zip(codes, errs):
+        assert code == 0, err[-3000:]
+
+
+def _lines(path):
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+def test_two_processes_run_the_search_of_one(tmp_path):
+    ref = tmp_path / "one"
+    subprocess.run(SEARCH + ["--out", str(ref)], check=True, env=ENV, cwd=ROOT, capture_output=True, timeout=600)
+    out = tmp_path / "two"
+    _ok(*_two_processes(SEARCH + ["--out", str(out)]))
     one, two = _records(ref), _records(out)
     # 2 iterations x 3 trials, each written once (process 0 only), in the same order
     assert len(one) == len(two) == 6
@@ -54,6 +74,25 @@ def test_two_processes_run_the_search_of_one(tmp_path):
         # 2-device mesh (2 trials per device, one padded): equal up to float32 rounding
         for k in ("f", "val_acc", "test_acc", "label_precision"):
             np.testing.assert_allclose(b[k], a[k], atol=1e-6, err_msg=k)
+
+
+def test_two_processes_write_one_training_and_one_asng_run(tmp_path):
+    """``train`` and ``asng`` under --distributed: both processes finish, each file is written once (by
+    process 0; a second writer would double the metrics rows or collide on the directory check)."""
+    cmd = [sys.executable, "-m", "s2e_jax"]
+    run = tmp_path / "train"
+    _ok(*_two_processes(cmd + ["train"] + TINY + ["--out", str(run)]))
+    assert sorted(os.listdir(run)) == ["config.json", "curves.png", "metrics.csv", "summary.json"]
+    assert len(_lines(run / "metrics.csv")) == 1 + 2          # header + 2 epochs
+    asng = tmp_path / "asng"
+    _ok(*_two_processes(cmd + ["asng"] + TINY + ["--out", str(asng)]))
+    assert os.path.exists(asng / "result.json") and os.path.exists(asng / "retrain" / "summary.json")
+    assert len(_lines(asng / "metrics.csv")) == 1 + 2 and len(_lines(asng / "theta.jsonl")) == 2
+    assert len(_lines(asng / "retrain" / "metrics.csv")) == 1 + 2
+    # a directory that is not theirs: both processes refuse it (neither waits on the other), it stays
+    codes, errs = _two_processes(cmd + ["train"] + TINY + ["--out", str(asng)])
+    assert codes == [2, 2] and all("already exists" in e for e in errs)
+    assert os.path.exists(asng / "result.json")
 
 
 def test_launch_args():
