@@ -226,8 +226,11 @@ def _init_program(tr, mesh, progs, x_shape):
     key = tuple(x_shape.shape)
     if key not in progs["init"]:
         local = jax.vmap(lambda nk, dk, s: tr._init(nk, dk, s, x_shape))
+        from s2e_jax.train import init_compiler_options
+
         progs["init"][key] = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(TRIALS),) * 3,
-                                                   out_specs=P(TRIALS), check_vma=False))
+                                                   out_specs=P(TRIALS), check_vma=False),
+                                     compiler_options=init_compiler_options())
     return progs["init"][key]
 
 

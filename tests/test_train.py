@@ -196,3 +196,18 @@ def test_batch_larger_than_data(digits):
 
     with pytest.raises(ConfigError, match="batch_size"):
         T.prepare(_cfg(batch_size=5000), digits)
+
+
+def test_channel_stats_are_exact_for_large_uint8_data():
+    """Per-channel mean/std of [0, 1]-scaled images equal a float64 reference, also where a float32
+    running sum stalls (20M values per channel: numpy's float32 mean along axis 0 gave 0.33 for 0.5)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (2048, 8, 8, 3), dtype=np.uint8)
+    for data in (x, np.broadcast_to(x[:1, :1, :1], (20000, 32, 32, 3)), x[..., :1]):
+        ref = np.asarray(data, np.float64).reshape(-1, data.shape[-1]) / 255.0
+        mean, std = T.channel_stats(data)
+        assert mean.dtype == std.dtype == np.float32 and mean.shape == (data.shape[-1],)
+        np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(std, ref.std(0) + 1e-6, rtol=1e-5, atol=1e-7)
+    f = x.astype(np.float32)   # not uint8: the same numbers the slow way
+    np.testing.assert_allclose(T.channel_stats(f)[0], T.channel_stats(x)[0], rtol=1e-6)
