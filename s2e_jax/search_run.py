@@ -34,6 +34,7 @@ from s2e_jax import train as train_lib
 from s2e_jax.config import ConfigError, TrainConfig, _check_choice, _check_int
 
 OBJECTIVES = ("error", "loss")
+TRIALS = ("auto", "one_program", "sequential")
 
 
 @dataclasses.dataclass
@@ -48,6 +49,9 @@ class SearchConfig:
     objective: str = "error"    # error: validation error at the last epoch (mean of the networks); loss: L_val
     out: Optional[str] = None
     max_cost: Optional[float] = None  # stop once this many full-training equivalents are spent (Hyperband)
+    # how the K trainings of an iteration run (train.train_trials): auto = one program on GPU/TPU, one
+    # after another on a CPU (each process its share under --distributed); how, not what: same results
+    trials: str = "auto"
 
     def validate(self) -> "SearchConfig":
         self.train.validate()
@@ -56,6 +60,7 @@ class SearchConfig:
         _check_int("iterations", self.iterations, 1)
         _check_int("samples", self.samples, 1)
         _check_choice("objective", self.objective, OBJECTIVES)
+        _check_choice("trials", self.trials, TRIALS)
         if self.train.method != "coteaching":
             raise ConfigError(f"method: the search tunes R(t) of coteaching, got {self.train.method!r}")
         return self
@@ -104,7 +109,8 @@ class TrainingObjective:
             t0 = time.time()
             scheds = np.stack([np.asarray(self.space.decode(np.asarray(xs[i], np.float32), T)) for i in todo])
             seeds = [trial_seed(self.cfg.train.seed, ids[i]) for i in todo]
-            m = train_lib.train_trials(self.prep, scheds, seeds, epochs=epochs)
+            one_program = dict(auto=None, one_program=True, sequential=False)[self.cfg.trials]
+            m = train_lib.train_trials(self.prep, scheds, seeds, epochs=epochs, one_program=one_program)
             secs = (time.time() - t0) / len(todo)
             for j, i in enumerate(todo):
                 rec = self._record(ids[i], xs[i], {k: v[j] for k, v in m.items()}, epochs, secs)
@@ -240,6 +246,9 @@ def add_parser(sub, add_train_args):
     p.add_argument("--iterations", type=int, default=10, help="M: iterations of the search")
     p.add_argument("--samples", type=int, default=8, help="K: schedules (trainings) per iteration")
     p.add_argument("--objective", default="error", help="error (validation error) | loss (validation CE)")
+    p.add_argument("--trials", default="auto",
+                   help="how each iteration's K trainings run: auto (one program on GPU/TPU, one after "
+                        "another on a CPU) | one_program (sharded over every device) | sequential")
     p.add_argument("--out", default=None, help="search directory (resumed if it holds this search)")
     return p
 
@@ -247,6 +256,6 @@ def add_parser(sub, add_train_args):
 def run_from_args(args, config_from):
     tcfg = config_from(args, method="coteaching").replace(out=None)
     cfg = SearchConfig(tcfg, algo=args.algo, space=args.space, iterations=args.iterations,
-                       samples=args.samples, objective=args.objective, out=args.out)
+                       samples=args.samples, objective=args.objective, out=args.out, trials=args.trials)
     summary = run(cfg)
     print(json.dumps(summary, indent=2))

@@ -567,36 +567,52 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
                  one_program: Optional[bool] = None, mesh=None, memory_budget_mib: Optional[float] = None):
     """K trainings (schedules ``scheds`` [K, P], seeds [K]) sharing the device data.
 
-    With ``one_program`` (default on GPU/TPU, and whenever several processes run) the K trainings are
-    one program: :func:`s2e_jax.parallel.run_trials` shards the trial axis over every device of
-    ``mesh`` (default: all devices of all processes), pads K to a multiple of the device count (padding
-    dropped), and splits K into waves when it would not fit ``memory_budget_mib``. Otherwise (the CPU
-    default, by measurement) one after another with the trainer's own driver. Returns per-epoch
-    metrics with a leading trial axis: ``{name: array [K, epochs, ...]}``.
+    With ``one_program`` (the default on GPU/TPU) the K trainings are one program:
+    :func:`s2e_jax.parallel.run_trials` shards the trial axis over every device of ``mesh`` (default:
+    all devices of all processes), pads K to a multiple of the device count (padding dropped), and
+    splits K into waves when it would not fit ``memory_budget_mib``. Otherwise (the CPU default, by
+    measurement) one after another with the trainer's own driver; with several processes
+    (``--distributed``) each runs its share so (trial i on process i mod P) and the metrics are
+    gathered over JAX's collectives. Returns per-epoch metrics with a leading trial axis:
+    ``{name: array [K, epochs, ...]}``, the same on every process.
     """
     tr = prep.trainer
     epochs = tr.epochs if epochs is None else epochs
     scheds = np.asarray(scheds, np.float32)
     if one_program is None:
-        # measured (experiments/bench_trials.py, 2-core CPU): K vmapped MLP trainings ran at ~0.7-1.4x
-        # of the same K one after another (XLA already uses both cores for one); vmapped Model 1 at
-        # 0.11-0.8x, falling with K (grouped-convolution kernel gradients); so one program is the
-        # default on GPU/TPU only (and with several processes, where each feeds its share)
-        one_program = jax.default_backend() != "cpu" or jax.process_count() > 1
+        # measured (experiments/bench_trials.py, 2-core CPU, YNNPACK): K vmapped MLP trainings ran at
+        # ~0.6-0.9x of the same K one after another (XLA already uses both cores for one); vmapped
+        # Model 1 at 0.12-0.19x (conv nets inside lax.scan, grouped-convolution kernel gradients);
+        # so one program is the default on GPU/TPU only, also with several processes
+        one_program = jax.default_backend() != "cpu"
     if one_program:
         from s2e_jax import parallel
 
         metrics, _ = parallel.run_trials(prep, scheds, seeds, epochs=epochs, mesh=mesh,
                                          memory_budget_mib=memory_budget_mib)
         return metrics
-    out = []
-    for s, sc in zip(seeds, scheds):
-        carry, rows = init_carry(prep, int(s), sc), []
+    k, procs, me = len(scheds), jax.process_count(), jax.process_index()
+
+    def one(i):
+        carry, rows = init_carry(prep, int(seeds[i]), scheds[i]), []
         for _ in range(epochs):
             carry, m = tr.run_epoch(carry, prep.data)
             rows.append(m)
-        out.append(_stack_epochs([_host(r) for r in rows]))
-    return {k: np.stack([o[k] for o in out]) for k in out[0]}
+        return _stack_epochs([_host(r) for r in rows])
+
+    if procs == 1:
+        out = [one(i) for i in range(k)]
+        return {name: np.stack([o[name] for o in out]) for name in out[0]}
+    # process p runs trials p, p + P, ...; every process runs ceil(K/P) (a short share repeats its
+    # last trial, or trial 0, and drops it: the others are busy that long anyway), then all gather
+    per = -(-k // procs)
+    mine = [i for i in range(me, k, procs)]
+    out = [one(i) for i in mine + [mine[-1] if mine else 0] * (per - len(mine))]
+    from jax.experimental import multihost_utils
+
+    local = {name: np.stack([o[name] for o in out]) for name in out[0]}
+    every = jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(local))  # [P, per, ...]
+    return {name: np.stack([v[i % procs, i // procs] for i in range(k)]) for name, v in every.items()}
 
 
 def _vmapped_epoch(tr: Trainer):
