@@ -148,8 +148,9 @@ class JaxRunner:
     """One (net_form, driver) trainer; ``warmup()`` runs the first epoch (compile), ``epoch()`` one
     timed epoch of ``trainer.run_epoch`` ended by ``jax.block_until_ready`` on (carry, metrics)."""
 
-    def __init__(self, ds, is_clean, model_name, form, driver, n_eval, seed=0, precision="float32"):
-        model = models_lib.get_model(model_name, ds.num_classes)
+    def __init__(self, ds, is_clean, model_name, form, driver, n_eval, seed=0, precision="float32",
+                 conv_impl=None):
+        model = models_lib.get_model(model_name, ds.num_classes, conv_impl or train_lib.default_conv_impl())
         self.trainer = train_lib.Trainer(model, 2, selection.coteaching_rule, schedules.coteaching_rate,
                                          epochs=EPOCHS, batch_size=BATCH, n_train=len(ds.y_train), lr=LR,
                                          net_form=form, driver=driver, eval_batch_size=n_eval,
@@ -423,6 +424,8 @@ def parse_args(argv=None):
                    help="comma list of net_form: vmap, unroll, fused, or 'auto' (the backend's default "
                         "execution, s2e_jax.train.default_execution; --drivers is then ignored for it)")
     p.add_argument("--precision", default="float32", help="JAX compute precision: float32 | bfloat16")
+    p.add_argument("--conv-impl", default=None, choices=("xla", "patches"),
+                   help="how JAX computes convolutions (TrainConfig.conv_impl; default: default_conv_impl)")
     p.add_argument("--torch-device", default=None, help="PyTorch device (default: cuda when available, else cpu)")
     p.add_argument("--drivers", default=",".join(DRIVERS), help="comma list of driver: scan, loop")
     p.add_argument("--budget", type=float, default=12.0,
@@ -611,10 +614,13 @@ def main(argv=None):
                     pairs.append(pair)
         for form, driver in pairs:
             name = f"jax {form}/{driver}"
-            runners[name] = JaxRunner(ds, is_clean, model, form, driver, args.n_eval, precision=args.precision)
-            default = (form, driver) == train_lib.default_execution(model)
+            runners[name] = JaxRunner(ds, is_clean, model, form, driver, args.n_eval, precision=args.precision,
+                                      conv_impl=args.conv_impl)
+            default = ((form, driver) == train_lib.default_execution(model)
+                       and args.conv_impl in (None, train_lib.default_conv_impl()))
             meta[name] = dict(impl="jax" + (" (default)" if default else "")
-                              + ("" if args.precision == "float32" else f" {args.precision}"),
+                              + ("" if args.precision == "float32" else f" {args.precision}")
+                              + ("" if args.conv_impl is None or model == "mlp" else f" conv={args.conv_impl}"),
                               net_form=form, driver=driver)
         results = measure(runners, args.repeats, args.budget)
         for kind in (["xla-default"] if args.xla_default else []) + (["shard"] if args.shard else []):

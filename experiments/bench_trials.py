@@ -254,6 +254,7 @@ class Execution:
     form: str
     driver: str
     default: bool   # the backend's default execution (``default_execution``)
+    conv: str = "xla"  # convolutions (``TrainConfig.conv_impl``; '-' for the MLP)
     prep: object = None
     warm_s: float = float("nan")   # sequential: the shared warm-up (one training, 1 epoch)
     compile_s: float = float("nan")  # sequential: compile seconds of that warm-up
@@ -279,10 +280,12 @@ def bench_model(model, args, rows):
                        batch_size=BATCH, epochs=args.epochs, eval_batch_size=n_eval, seed=0, progress=False)
     preps = {}
 
-    def prep_of(form, driver):
-        if (form, driver) not in preps:
-            preps[form, driver] = train_lib.prepare(base.replace(net_form=form, driver=driver), dataset=ds)
-        return preps[form, driver]
+    def prep_of(form, driver, conv):
+        key = (form, driver, conv)
+        if key not in preps:
+            cfg = base.replace(net_form=form, driver=driver, conv_impl="auto" if conv == "-" else conv)
+            preps[key] = train_lib.prepare(cfg, dataset=ds)
+        return preps[key]
 
     seqs = []
     for s in args.sequential:
@@ -290,15 +293,19 @@ def bench_model(model, args, rows):
         if all((e.form, e.driver) != (form, driver) for e in seqs):
             seqs.append(Execution("sequential", form, driver,
                                   default=(form, driver) == train_lib.default_execution(model)))
-    vm = Execution("one program", "vmap", "scan", default=False)
-    for e in seqs + [vm]:
-        e.prep = prep_of(e.form, e.driver)
-    sched = np.asarray(vm.prep.sched, np.float32)
+    convs = ["-"] if model == "mlp" else args.conv_impls
+    vms = [Execution("one program", "vmap", "scan", default=False, conv=c) for c in convs]
+    if model != "mlp":
+        for e in seqs:
+            e.conv = train_lib.default_conv_impl()
+    for e in seqs + vms:
+        e.prep = prep_of(e.form, e.driver, e.conv)
+    sched = np.asarray(vms[0].prep.sched, np.float32)
     data_name = source.split(" (")[0]
 
     def row(e, k, **kw):
         r = dict(model=model, data=data_name, execution=e.label + (" (default)" if e.default else ""),
-                 net_form=e.form, driver=e.driver, K=k, epochs=args.epochs, steps_per_epoch=steps)
+                 net_form=e.form, driver=e.driver, conv=e.conv, K=k, epochs=args.epochs, steps_per_epoch=steps)
         r.update(kw)
         rows.append(r)
         return r
@@ -316,7 +323,7 @@ def bench_model(model, args, rows):
     results = {}
     for k in args.ks:
         scheds, seeds = np.tile(sched, (k, 1)), list(range(k))
-        for e in seqs + [vm]:
+        for e in seqs + vms:
             pred = predicted(e, k)
             if pred > args.budget:
                 print(f"  {e.label} {e.form}/{e.driver} K={k}: skipped (predicted {pred:.0f} s > "
@@ -350,7 +357,7 @@ def bench_model(model, args, rows):
                 if rep.waves > 1:
                     note += f"; {rep.waves} waves (memory budget {rep.budget_bytes / 2**20:.0f} MiB)"
             e.last = (k, sec, comp)
-            results[e.label, e.form, e.driver, k] = acc
+            results[e.label, e.form, e.driver, e.conv, k] = acc
             if not np.all(np.isfinite(acc)):
                 raise RuntimeError(f"{model} {e.label} {e.form}/{e.driver} K={k}: non-finite test accuracy")
             r = row(e, k, seconds=sec, s_per_training=sec / k, trainings_per_s=k / sec,
@@ -368,14 +375,14 @@ def bench_model(model, args, rows):
                    None)
         if ref is not None:
             r["ratio"] = r["trainings_per_s"] / ref["trainings_per_s"]
-        if r["execution"] == "one program" and (d.label, d.form, d.driver, r["K"]) in results:
-            a = results["one program", "vmap", "scan", r["K"]]
-            b = results[d.label, d.form, d.driver, r["K"]]
+        if r["execution"] == "one program" and (d.label, d.form, d.driver, d.conv, r["K"]) in results:
+            a = results["one program", "vmap", "scan", r["conv"], r["K"]]
+            b = results[d.label, d.form, d.driver, d.conv, r["K"]]
             r["max_dacc"] = float(np.abs(a - b).max())
 
 
 # ------------------------------------------------------------------------------------------ report
-COLUMNS = ("model", "data", "execution", "net_form", "driver", "K", "epochs", "steps_per_epoch", "seconds",
+COLUMNS = ("model", "data", "execution", "net_form", "driver", "conv", "K", "epochs", "steps_per_epoch", "seconds",
            "s_per_training", "trainings_per_s", "trainings_per_h", "ratio", "compile_s", "max_dacc",
            "devices", "waves", "program_mib", "mib_per_trial", "peak_mib", "note")
 
@@ -415,6 +422,9 @@ def parse_args(argv=None):
                         "a K over it runs in waves")
     p.add_argument("--models", default="mlp,model1", help="comma list of: mlp, model1")
     p.add_argument("--epochs", type=int, default=None, help="epochs per training (default 2; 1 with --quick)")
+    p.add_argument("--conv-impls", default="xla",
+                   help="comma list of xla, patches: Model 1's one program once per convolution implementation "
+                        "(TrainConfig.conv_impl; sequential runs use the default)")
     p.add_argument("--sequential", default="default",
                    help="comma list of sequential executions: 'default' (default_execution) and/or FORM/DRIVER, "
                         "e.g. default,vmap/scan; the first is the reference of ratio and max_dacc (default: default)")
@@ -447,6 +457,9 @@ def parse_args(argv=None):
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.models or any(m not in ("mlp", "model1") for m in args.models):
         p.error(f"--models: expected a comma list of mlp, model1, got {args.models}")
+    args.conv_impls = [c.strip() for c in args.conv_impls.split(",") if c.strip()]
+    if not args.conv_impls or any(c not in ("xla", "patches") for c in args.conv_impls):
+        p.error(f"--conv-impls: expected a comma list of xla, patches, got {args.conv_impls}")
     args.sequential = [s.strip() for s in args.sequential.split(",") if s.strip()]
     for s in args.sequential:
         try:

@@ -26,6 +26,7 @@ MODELS = ("auto", "mlp", "model1", "model2", "model3")
 NET_FORMS = ("auto", "vmap", "unroll", "fused")
 DRIVERS = ("auto", "scan", "loop")
 PRECISIONS = ("float32", "bfloat16")
+CONV_IMPLS = ("auto", "xla", "patches")
 
 
 def _fail(field: str, problem: str):
@@ -87,6 +88,7 @@ class TrainConfig:
     seed: int = 0
     net_form: str = "auto"             # how the network axis is computed: vmap | unroll | fused
     driver: str = "auto"               # epoch driver: scan (one jitted lax.scan) | loop (jitted steps)
+    conv_impl: str = "auto"            # convolutions: xla | patches (image patches x kernel, one matmul)
     eval_batch_size: int = 1000
     precision: str = "float32"         # float32 | bfloat16 (bf16 compute, float32 master weights)
     memory_budget_mib: Optional[float] = None  # per-device budget of K trials in one program; None: auto
@@ -121,6 +123,7 @@ class TrainConfig:
             _check_int("noise_seed", self.noise_seed, 0)
         _check_choice("net_form", self.net_form, NET_FORMS)
         _check_choice("driver", self.driver, DRIVERS)
+        _check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
         _check_int("eval_batch_size", self.eval_batch_size, 1)
         _check_choice("precision", self.precision, PRECISIONS)
         if self.memory_budget_mib is not None:

@@ -48,9 +48,12 @@ __all__ = [
     "count_params",
     "fused_stem",
     "max_pool_2x2",
+    "patches_conv",
+    "CONV_IMPLS",
 ]
 
 MODEL_NAMES = ("mlp", "model1", "model2", "model3")
+CONV_IMPLS = ("xla", "patches")  # how a Conv layer is computed (:func:`patches_conv`)
 
 # BatchNorm settings: PyTorch defaults (momentum=0.1 in torch == 0.9 in flax, eps=1e-5).
 BN_MOMENTUM = 0.9
@@ -70,8 +73,47 @@ def _torch_uniform(fan_in: int):
     return init
 
 
-def _conv(x_channels: int, features: int, kernel: int, padding: str, name: str) -> nn.Conv:
+def patches_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                 dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                 preferred_element_type=None):
+    """``lax.conv_general_dilated`` for NHWC/HWIO as image patches times the kernel (one matmul).
+
+    Equal to the convolution up to float reassociation. Where it pays: under ``vmap`` over the
+    kernel (K trials x N networks, each its own weights) XLA turns a convolution into a grouped one
+    whose kernel gradient is a ``batch_group_count`` convolution; here the patches
+    (``conv_general_dilated_patches``, whose kernel is a constant) fold the vmapped axis into the
+    batch, and the product with the kernel is a batched matmul (``dot_general`` with a batch axis),
+    forward and backward. Costs kh*kw times the input's memory for the patches.
+    """
+    plain = (feature_group_count == 1 and batch_group_count == 1
+             and all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation or (1,)))
+             and lhs.ndim == 4 and _is_nhwc(dimension_numbers, lhs.ndim))
+    if not plain:  # anything but a plain 2-D NHWC convolution: XLA's own
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)
+    kh, kw, cin, cout = rhs.shape
+    patches = jax.lax.conv_general_dilated_patches(
+        lhs, (kh, kw), window_strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision)  # [B, H', W', cin*kh*kw], features ordered (cin, kh, kw)
+    w = rhs.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout)
+    return jnp.einsum("bhwp,po->bhwo", patches, w, precision=precision,
+                      preferred_element_type=preferred_element_type)
+
+
+def _is_nhwc(dn, ndim) -> bool:
+    """Whether flax's dimension numbers are NHWC input, HWIO kernel, NHWC output."""
+    if dn is None:
+        return False
+    want = jax.lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, ("NHWC", "HWIO", "NHWC"))
+    got = jax.lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, dn)
+    return tuple(got) == tuple(want)
+
+
+def _conv(x_channels: int, features: int, kernel: int, padding: str, name: str,
+          impl: str = "xla") -> nn.Conv:
     fan_in = kernel * kernel * x_channels
+    kw = {} if impl == "xla" else dict(conv_general_dilated=patches_conv)
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -79,6 +121,7 @@ def _conv(x_channels: int, features: int, kernel: int, padding: str, name: str) 
         kernel_init=_torch_uniform(fan_in),
         bias_init=_torch_uniform(fan_in),
         name=name,
+        **kw,
     )
 
 
@@ -182,6 +225,7 @@ class Model1(nn.Module):
     """
 
     num_classes: int = 10
+    conv_impl: str = "xla"  # CONV_IMPLS: XLA's convolution or :func:`patches_conv`
 
     stem_name = "conv0"
     stem_kernel = 5
@@ -194,9 +238,9 @@ class Model1(nn.Module):
     def __call__(self, x, train: bool = False, skip_stem: bool = False):
         if not skip_stem:  # with skip_stem, x already is post_stem(conv0(x))
             _check_spatial(x, 5, "model1")
-            x = self.post_stem(_conv(x.shape[-1], 6, 5, "VALID", "conv0")(x))
+            x = self.post_stem(_conv(x.shape[-1], 6, 5, "VALID", "conv0", self.conv_impl)(x))
         _check_spatial(x, 5, "model1")
-        x = nn.relu(max_pool_2x2(_conv(x.shape[-1], 16, 5, "VALID", "conv1")(x)))  # = pool(relu(.))
+        x = nn.relu(max_pool_2x2(_conv(x.shape[-1], 16, 5, "VALID", "conv1", self.conv_impl)(x)))  # = pool(relu(.))
         _check_spatial(x, 1, "model1")
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(_dense(x.shape[-1], 120, "dense0")(x))
@@ -216,6 +260,7 @@ class Model2(nn.Module):
     """
 
     num_classes: int = 100
+    conv_impl: str = "xla"  # CONV_IMPLS
 
     stem_name = "conv0"
     stem_kernel = 3
@@ -229,7 +274,7 @@ class Model2(nn.Module):
     def __call__(self, x, train: bool = False, skip_stem: bool = False):
         for i, (features, pool) in enumerate(self.layers):
             if i > 0 or not skip_stem:
-                x = _conv(x.shape[-1], features, 3, "SAME", f"conv{i}")(x)
+                x = _conv(x.shape[-1], features, 3, "SAME", f"conv{i}", self.conv_impl)(x)
             x = _batch_norm(train, f"bn{i}")(x)
             x = nn.relu(max_pool_2x2(x) if pool else x)  # = pool(relu(.)), a quarter of the ReLUs
         _check_spatial(x, 1, "model2")
@@ -253,6 +298,7 @@ class Model3(nn.Module):
 
     num_classes: int = 10
     dropout_rate: float = 0.25
+    conv_impl: str = "xla"  # CONV_IMPLS
 
     stem_name = "conv0"
     stem_kernel = 3
@@ -272,7 +318,7 @@ class Model3(nn.Module):
             if i > 0 or not skip_stem:
                 if padding == "VALID":
                     _check_spatial(x, 3, "model3")
-                x = _conv(x.shape[-1], features, 3, padding, f"conv{i}")(x)
+                x = _conv(x.shape[-1], features, 3, padding, f"conv{i}", self.conv_impl)(x)
             x = _batch_norm(train, f"bn{i}")(x)
             if i in (2, 5):  # pool then LeakyReLU = LeakyReLU then pool (monotone), fewer elements
                 x = nn.leaky_relu(max_pool_2x2(x), negative_slope=0.01)
@@ -319,13 +365,8 @@ def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jn
     if isinstance(model, MLP):
         y = x.reshape((x.shape[0], -1)) @ kernel
     else:
-        y = jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(1, 1),
-            padding=model.stem_padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        conv = patches_conv if getattr(model, "conv_impl", "xla") == "patches" else jax.lax.conv_general_dilated
+        y = conv(x, kernel, (1, 1), model.stem_padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     y = model.post_stem(y + bias)
     sizes = [s["kernel"].shape[-1] for s in stems]
     splits = [sum(sizes[: k + 1]) for k in range(len(sizes) - 1)]
@@ -335,8 +376,9 @@ def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jn
 # ----------------------------------------------------------------------------------------------
 # registry / utilities
 # ----------------------------------------------------------------------------------------------
-def get_model(name: str, num_classes: int) -> nn.Module:
-    """Build a Table 4 network by name: 'mlp', 'model1', 'model2' or 'model3'."""
+def get_model(name: str, num_classes: int, conv_impl: str = "xla") -> nn.Module:
+    """Build a Table 4 network by name: 'mlp', 'model1', 'model2' or 'model3'; ``conv_impl`` (one of
+    :data:`CONV_IMPLS`) is how the conv models compute a convolution (the MLP has none)."""
     from s2e_jax.config import ConfigError
 
     key = str(name).strip().lower()
@@ -344,8 +386,12 @@ def get_model(name: str, num_classes: int) -> nn.Module:
         raise ConfigError(f"model: unknown model {name!r} (expected {', '.join(MODEL_NAMES)})")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes: must be an integer >= 2, got {num_classes!r}")
-    cls = {"mlp": MLP, "model1": Model1, "model2": Model2, "model3": Model3}[key]
-    return cls(num_classes=num_classes)
+    if conv_impl not in CONV_IMPLS:
+        raise ConfigError(f"conv_impl: unknown value {conv_impl!r} (expected one of {', '.join(CONV_IMPLS)})")
+    if key == "mlp":
+        return MLP(num_classes=num_classes)
+    cls = {"model1": Model1, "model2": Model2, "model3": Model3}[key]
+    return cls(num_classes=num_classes, conv_impl=conv_impl)
 
 
 def default_model(dataset_name: str, num_channels: int | None = None) -> str:

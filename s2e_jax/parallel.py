@@ -28,6 +28,7 @@ its own trials inside ``jax.shard_map`` — no collective anywhere: trials never
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -218,7 +219,7 @@ def _programs(tr, mesh: Mesh):
         spec = P(TRIALS)
         epoch = jax.shard_map(jax.vmap(tr.epoch, in_axes=(0, None)), mesh=mesh,
                               in_specs=(spec, P()), out_specs=(spec, spec), check_vma=False)
-        cache[key] = dict(epoch=jax.jit(epoch, donate_argnums=0), compiled={}, init={})
+        cache[key] = dict(epoch=jax.jit(epoch, donate_argnums=0), compiled={}, footprint={}, init={})
     return cache[key]
 
 
@@ -274,7 +275,9 @@ def _plan(tr, mesh, progs, data, k, budget, x_shape, num_sched, verbose):
             progs["compiled"][ck] = progs["epoch"].lower(carry, data).compile()
             compile_s += time.perf_counter() - t0
         compiled = progs["compiled"][ck]
-        fp = footprint_bytes(compiled)
+        if ck not in progs["footprint"]:  # XLA's memory analysis takes ~10 ms: once per program
+            progs["footprint"][ck] = footprint_bytes(compiled)
+        fp = progs["footprint"][ck]
         if fp is None or fp <= budget:
             break
         if c == 1:
@@ -294,8 +297,7 @@ def _plan(tr, mesh, progs, data, k, budget, x_shape, num_sched, verbose):
 
 
 def _first_fp(progs, c, x_shape, num_sched):
-    comp = progs["compiled"].get((c, x_shape.shape, num_sched))
-    return footprint_bytes(comp) if comp is not None else None
+    return progs["footprint"].get((c, x_shape.shape, num_sched))
 
 
 def _fmt_mib(b):
@@ -314,10 +316,22 @@ def _abstract_carry(tr, mesh, progs, n, x_shape, num_sched):
 
 
 def _keys(seeds, num_nets):
+    """``(net_keys [K, N, 2], data_keys [K, 2])`` of the seeds, as ``train.seed_keys`` gives them;
+    one jitted call for all K (seeds < 2**32), not a few small dispatches per seed."""
     from s2e_jax.train import seed_keys
 
+    if all(0 <= int(s) < 2**32 for s in seeds):
+        nk, dk = _many_keys(np.asarray([int(s) for s in seeds], np.uint32), num_nets)
+        return np.asarray(nk), np.asarray(dk)
     pairs = [seed_keys(int(s), num_nets) for s in seeds]
     return (np.stack([np.asarray(p[0]) for p in pairs]), np.stack([np.asarray(p[1]) for p in pairs]))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _many_keys(seeds, num_nets):
+    from s2e_jax.train import seed_keys
+
+    return jax.vmap(lambda s: seed_keys(s, num_nets))(seeds)
 
 
 def shared_data(prep, mesh: Mesh):

@@ -411,6 +411,12 @@ def default_execution(model_name: str, backend: Optional[str] = None):
     return "vmap", "scan"
 
 
+def default_conv_impl(backend: Optional[str] = None) -> str:
+    """How convolutions are computed by default (``models.CONV_IMPLS``), chosen by measurement
+    (experiments/bench_trials.py ``--conv-impls``): XLA's own convolution."""
+    return "xla"
+
+
 @dataclasses.dataclass
 class Prepared:
     """What a training needs, built once: the trainer, the device data and the schedule."""
@@ -453,7 +459,8 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
         noise_seed = config.seed if config.noise_seed is None else config.noise_seed
         ds, is_clean = data_lib.apply_noise(ds, config.noise, config.noise_rate, seed=noise_seed)
     model_name = config.model if config.model != "auto" else models_lib.default_model(ds.name, ds.x_train.shape[-1])
-    model = models_lib.get_model(model_name, ds.num_classes)
+    model = models_lib.get_model(model_name, ds.num_classes,
+                                 default_conv_impl() if config.conv_impl == "auto" else config.conv_impl)
     form, driver = default_execution(model_name)
     spec = selection.get_rule(config.method, init_epochs=config.resolved_init_epochs())
     rate_, sched = schedule_of(config)
