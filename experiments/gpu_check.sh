@@ -7,7 +7,7 @@
 # Writes under $OUT (at most 7 files): log.txt (everything), train/bench_train.{md,csv} (throughput
 # against the PyTorch loop on the same GPU), trials/table.{md,csv} (K trials in one program against
 # K in sequence), flops.md (the floor), full.md (a whole 200-epoch Model 1 training on CIFAR-10
-# shapes); the log also compares Model 1's network forms. Each step has its own time limit, so one
+# shapes); the log also times Model 1's convolutions for G networks. Each step has its own limit, so one
 # slow step does not cost the others.
 # Needs jax with CUDA, flax, optax, torch, scikit-learn, matplotlib (not tensorflow-datasets/optuna).
 set -u -o pipefail
@@ -26,16 +26,17 @@ step 20 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --
 step 40 python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, jax.devices(), '| flax', flax.__version__, '| optax', optax.__version__, '| torch', torch.__version__, torch.cuda.is_available())"
 # 1. the full training first: it is the target with the least room (200 Model 1 epochs < 60 s, H100)
 # (projected from the epochs run when 200 would take over 100 s)
-step 130 python3 experiments/bench_full.py --models model1 --epochs 200 --max-seconds 100 --out "$OUT/full.md"
+step 100 python3 experiments/bench_full.py --models model1 --epochs 200 --max-seconds 100 --out "$OUT/full.md"
 # 2. throughput against the PyTorch loop on the same GPU (the README's models, default execution)
 step 130 python3 experiments/bench_train.py --models mlp,model1,model2,model3 --forms auto \
     --torch-threads default --steps mlp=200,model1=200,model2=40,model3=20 --repeats 3 --budget 20 \
     --n-eval 512 --out "$OUT/train"
-# 3. K trials in one program against K in sequence (target: 8 in one >= 4x 8 in sequence)
-step 100 python3 experiments/bench_trials.py --ks 1,2,4,8,16,32 --epochs 2 --budget 30 --out "$OUT/trials"
+# 3. K trials in one program against K in sequence (target: 8 in one >= 4x 8 in sequence); on a GPU
+#    bench_trials trains on 25,600 images (200 steps per epoch) so fixed costs weigh as in a real training
+step 130 python3 experiments/bench_trials.py --ks 1,8,32 --epochs 2 --budget 40 --out "$OUT/trials"
 # 4. the floor: FLOPs per epoch, achieved FLOP/s, fraction of a measured matmul peak
 step 70 python3 experiments/bench_flops.py --repeats 2 --out "$OUT/flops.md"
-# 5. which network form is fastest for Model 1 on this GPU (the default is vmap/scan; table in the log)
-step 80 python3 experiments/bench_train.py --models model1 --forms vmap,unroll,fused --drivers scan \
-    --no-torch --steps model1=200 --repeats 2 --budget 10 --n-eval 512
+# 5. Model 1's convolutions for G = trials x 2 networks, computed several ways (why Model 1's trials
+#    scale less than the MLP's on a GPU; table in the log)
+step 80 python3 experiments/bench_conv_parts.py --gs 2,16,64 --iters 50 --repeats 3
 echo "=== $(date -u +%T) done" | tee -a "$LOG"

@@ -384,3 +384,45 @@ def test_real_init():
         for leaf in params[layer].values():
             assert float(jnp.max(jnp.abs(leaf))) <= bound
             assert float(jnp.max(jnp.abs(leaf))) > 0.5 * bound
+
+
+@pytest.mark.parametrize("padding,stride", [("VALID", (1, 1)), ("SAME", (1, 1)), ("SAME", (2, 2)), ((1, 2), (1, 1))])
+def test_patches_conv_equals_xla_conv_values_and_gradients(padding, stride):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 2, 9, 8, 4)), jnp.float32)   # 3 networks' inputs
+    w = jnp.asarray(rng.standard_normal((3, 3, 5, 4, 6)), jnp.float32)   # their own 3x5 kernels
+    pad = padding if isinstance(padding, str) else [padding, padding]
+    dn = ("NHWC", "HWIO", "NHWC")
+    xla = jax.vmap(lambda a, b: jax.lax.conv_general_dilated(a, b, stride, pad, dimension_numbers=dn))
+    pat = jax.vmap(lambda a, b: models.patches_conv(a, b, stride, pad, dimension_numbers=dn))
+    np.testing.assert_allclose(np.asarray(pat(x, w)), np.asarray(xla(x, w)), atol=1e-5, rtol=1e-5)
+    loss = lambda f: lambda a, b: jnp.sum(jnp.sin(f(a, b)))  # noqa: E731
+    for ga, gb in zip(jax.grad(loss(pat), (0, 1))(x, w), jax.grad(loss(xla), (0, 1))(x, w)):
+        np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), atol=1e-4, rtol=1e-4)
+
+
+def test_patches_conv_hands_other_convolutions_to_xla():
+    x = jnp.ones((1, 6, 6, 4))
+    w = jnp.ones((3, 3, 2, 4))  # feature_group_count=2: not a plain convolution
+    dn = ("NHWC", "HWIO", "NHWC")
+    got = models.patches_conv(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2)
+    want = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("name", ["model1", "model2", "model3"])
+def test_conv_impl_patches_gives_the_same_network(name):
+    xla, pat = get_model(name, 10), get_model(name, 10, conv_impl="patches")
+    assert (xla.conv_impl, pat.conv_impl) == ("xla", "patches")
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
+    v = init(xla, x.shape)[0]
+    np.testing.assert_allclose(np.asarray(pat.apply(v, x)), np.asarray(xla.apply(v, x)), atol=1e-5, rtol=1e-4)
+    stem = v["params"]["conv0"]
+    for a, b in zip(fused_stem(pat, [stem, stem], x), fused_stem(xla, [stem, stem], x)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+
+
+def test_conv_impl_errors():
+    with pytest.raises(ConfigError, match=r"conv_impl: unknown value 'fft' \(expected one of xla, patches\)"):
+        get_model("model1", 10, conv_impl="fft")
+    assert isinstance(get_model("mlp", 10, conv_impl="patches"), MLP)  # the MLP has no convolution

@@ -206,3 +206,14 @@ def test_cli_flags(tmp_path, monkeypatch, capsys):
     out = tmp_path / "r"
     assert main(["train", "--epochs", "1", "--no-progress", "--precision", "bfloat16", "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["precision"] == "bfloat16"
+
+
+def test_keys_of_all_trials_at_once_equal_seed_keys():
+    seeds = [0, 7, 2**31 - 2, 2**32 - 1, 2**32 + 5]  # the last one: the per-seed path
+    for chosen in (seeds[:4], seeds):
+        net, data = parallel._keys(chosen, 2)
+        assert net.shape[:2] == (len(chosen), 2) and data.shape[0] == len(chosen)
+        for i, s in enumerate(chosen):
+            n_ref, d_ref = T.seed_keys(s, 2)
+            np.testing.assert_array_equal(net[i], np.asarray(n_ref), err_msg=str(s))
+            np.testing.assert_array_equal(data[i], np.asarray(d_ref), err_msg=str(s))

@@ -8,7 +8,7 @@ import pytest
 from s2e_jax import data as data_lib
 from s2e_jax import schedules, selection
 from s2e_jax import train as T
-from s2e_jax.config import TrainConfig
+from s2e_jax.config import ConfigError, TrainConfig
 from s2e_jax.models import get_model
 
 
@@ -152,6 +152,22 @@ def test_net_forms_give_the_same_loss_and_gradients_conv(model, forms):
             assert np.linalg.norm(a - b) <= 1e-2 * np.linalg.norm(b) + 1e-6
         for a, b in zip(jax.tree_util.tree_leaves(bs), jax.tree_util.tree_leaves(ref_bs)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_impl_patches_trains_like_xla():
+    """``conv_impl='patches'`` reaches the trainer's model and gives the same epoch (float rounding)."""
+    ds = _cifar_like()
+    cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
+               net_form="vmap", driver="loop")
+    pat = T.prepare(cfg.replace(conv_impl="patches"), ds)
+    assert pat.trainer.model.conv_impl == "patches"
+    assert T.prepare(cfg, ds).trainer.model.conv_impl == T.default_conv_impl() == "xla"
+    ref = _run(T.prepare(cfg.replace(conv_impl="xla"), ds))[1]
+    got = _run(pat)[1]
+    for k in ("train_loss", "val_loss", "label_precision", "kept_fraction"):
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    with pytest.raises(ConfigError, match=r"conv_impl: .*'fft'.*auto, xla, patches"):
+        cfg.replace(conv_impl="fft").validate()
 
 
 def test_drivers_agree_conv():

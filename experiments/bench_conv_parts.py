@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Where a vmapped Model 1 step loses time as the trial axis grows: each convolution of Model 1,
+forward + backward (gradients of kernel and input), for G networks (G = trials x 2), computed
+several ways, and the whole network's forward + backward; one table.
+
+Why: on an NVIDIA H200, K = 8 Model 1 trainings in one vmapped program ran only 2x as fast as 8 in
+sequence while the MLP's ran 4.2x (experiments/gpu_h200/): the suspects are XLA's grouped
+convolutions (``vmap`` of a convolution over its kernel gives ``feature_group_count`` = G and a
+``batch_group_count`` kernel gradient).
+
+Ways (each inside one jitted ``lax.scan`` of ``--iters`` iterations whose carry is the kernels,
+nudged by their gradients, so nothing is hoisted; time per iteration, median of ``--repeats``):
+
+* ``vmap``: ``jax.vmap`` of an NHWC/HWIO convolution over (input, kernel) — what the trainer runs;
+* ``vmap_nchw``: the same in NCHW/OIHW layout;
+* ``unroll``: a Python loop of G convolutions inside the program;
+* ``blockdiag``: one dense convolution over the G inputs stacked along channels with a
+  block-diagonal kernel (G times the FLOPs, no groups);
+* ``patches``: ``models.patches_conv`` (image patches x kernel, a batched matmul) under vmap.
+
+Usage: ``python experiments/bench_conv_parts.py --gs 2,16`` (CPU: small ``--batch``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from s2e_jax import models as models_lib  # noqa: E402
+
+DN = ("NHWC", "HWIO", "NHWC")
+LAYERS = {"conv0": (32, 3, 6), "conv1": (14, 6, 16)}  # Model 1: input size, in, out channels (5x5 VALID)
+
+
+def conv_nhwc(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN)
+
+
+def conv_nchw(x, w):
+    y = jax.lax.conv_general_dilated(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), (1, 1), "VALID",
+                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return y.transpose(0, 2, 3, 1)
+
+
+def grouped(way):
+    """f(xs [G,B,H,W,Ci], ws [G,5,5,Ci,Co]) -> ys [G,B,H',W',Co]."""
+    if way == "vmap":
+        return jax.vmap(conv_nhwc)
+    if way == "vmap_nchw":
+        return jax.vmap(conv_nchw)
+    if way == "patches":
+        return jax.vmap(lambda x, w: models_lib.patches_conv(x, w, (1, 1), "VALID", dimension_numbers=DN))
+    if way == "unroll":
+        return lambda xs, ws: jnp.stack([conv_nhwc(xs[g], ws[g]) for g in range(xs.shape[0])])
+    if way == "blockdiag":
+        def f(xs, ws):
+            g, b, h, w_, ci = xs.shape
+            co = ws.shape[-1]
+            x = xs.transpose(1, 2, 3, 0, 4).reshape(b, h, w_, g * ci)
+            eye = jnp.eye(g, dtype=ws.dtype)
+            k = jnp.einsum("gh,gyxio->yxgiho", eye, ws).reshape(5, 5, g * ci, g * co)
+            y = conv_nhwc(x, k)
+            return y.reshape(b, y.shape[1], y.shape[2], g, co).transpose(3, 0, 1, 2, 4)
+        return f
+    raise ValueError(way)
+
+
+def scan_time(step, carry, iters, repeats):
+    @jax.jit
+    def run(c):
+        return jax.lax.scan(lambda c, _: (step(c), None), c, None, length=iters)[0]
+
+    out = jax.block_until_ready(run(carry))  # compile + warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(run(out))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / iters
+
+
+def layer_step(way, xs):
+    f = grouped(way)
+
+    def step(c):
+        ws, xs_ = c
+        (gw, gx) = jax.grad(lambda w, x: jnp.sum(f(x, w) ** 2), argnums=(0, 1))(ws, xs_)
+        return ws - 1e-9 * gw, xs_ - 1e-9 * gx
+    return step
+
+
+def model_step(g, batch, x):
+    model = models_lib.get_model("model1", 10)
+    keys = jax.random.split(jax.random.PRNGKey(0), g)
+    params = jax.vmap(lambda k: model.init({"params": k}, x[0, :1])["params"])(keys)
+
+    def loss(p):
+        logits = jax.vmap(lambda pp, xx: model.apply({"params": pp}, xx))(p, x)
+        return jnp.sum(logits ** 2)
+
+    def step(p):
+        gr = jax.grad(loss)(p)
+        return jax.tree_util.tree_map(lambda a, b: a - 1e-9 * b, p, gr)
+    return step, params
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gs", default="2,16", help="comma list of G (networks: trials x 2)")
+    p.add_argument("--ways", default="vmap,vmap_nchw,unroll,blockdiag,patches")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args(argv)
+    gs = [int(x) for x in a.gs.split(",")]
+    ways = a.ways.split(",")
+    dev = jax.devices()[0]
+    print(f"Model 1 convolutions, forward + backward, G networks, batch {a.batch}; jax {jax.__version__} on "
+          f"{jax.default_backend()}: {getattr(dev, 'device_kind', dev)}", flush=True)
+    rows = []
+    rng = np.random.default_rng(0)
+    for g in gs:
+        for name, (hw, ci, co) in LAYERS.items():
+            xs = jnp.asarray(rng.standard_normal((g, a.batch, hw, hw, ci)), jnp.float32)
+            ws = jnp.asarray(rng.standard_normal((g, 5, 5, ci, co)) * 0.1, jnp.float32)
+            for way in ways:
+                t = scan_time(layer_step(way, xs), (ws, xs), a.iters, a.repeats)
+                rows.append((g, name, way, t))
+                print(f"  G={g:3d} {name} {way:10s} {t * 1e6:9.1f} us", flush=True)
+        x = jnp.asarray(rng.standard_normal((g, a.batch, 32, 32, 3)), jnp.float32)
+        step, params = model_step(g, a.batch, x)
+        t = scan_time(step, params, a.iters, a.repeats)
+        rows.append((g, "model1 fwd+bwd", "vmap", t))
+        print(f"  G={g:3d} model1 fwd+bwd vmap {t * 1e6:9.1f} us", flush=True)
+    print("\n| G | part | way | us per iteration | us per network |\n|---|---|---|---|---|")
+    for g, name, way, t in rows:
+        print(f"| {g} | {name} | {way} | {t * 1e6:.1f} | {t * 1e6 / g:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
