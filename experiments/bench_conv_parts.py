@@ -16,7 +16,12 @@ nudged by their gradients, so nothing is hoisted; time per iteration, median of 
 * ``unroll``: a Python loop of G convolutions inside the program;
 * ``blockdiag``: one dense convolution over the G inputs stacked along channels with a
   block-diagonal kernel (G times the FLOPs, no groups);
-* ``patches``: ``models.patches_conv`` (image patches x kernel, a batched matmul) under vmap.
+* ``patches``: ``convs.patches_conv`` (image patches x kernel, a batched matmul) under vmap;
+* ``lib_blockdiag``: ``convs.blockdiag_conv`` under vmap (``conv_impl='blockdiag'``: the block-diagonal
+  stacking as a batching rule, with its own input and kernel gradients, in chunks of at most
+  ``convs.BLOCKDIAG_MAX_CHANNELS`` channels).
+
+The whole network (``model1 fwd+bwd``) is timed with each ``--model-impls`` (``conv_impl``).
 
 Usage: ``python experiments/bench_conv_parts.py --gs 2,16`` (CPU: small ``--batch``).
 """
@@ -34,6 +39,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from s2e_jax import convs  # noqa: E402
 from s2e_jax import models as models_lib  # noqa: E402
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -57,7 +63,9 @@ def grouped(way):
     if way == "vmap_nchw":
         return jax.vmap(conv_nchw)
     if way == "patches":
-        return jax.vmap(lambda x, w: models_lib.patches_conv(x, w, (1, 1), "VALID", dimension_numbers=DN))
+        return jax.vmap(lambda x, w: convs.patches_conv(x, w, (1, 1), "VALID", dimension_numbers=DN))
+    if way == "lib_blockdiag":
+        return jax.vmap(lambda x, w: convs.blockdiag_conv(x, w, (1, 1), "VALID", dimension_numbers=DN))
     if way == "unroll":
         return lambda xs, ws: jnp.stack([conv_nhwc(xs[g], ws[g]) for g in range(xs.shape[0])])
     if way == "blockdiag":
@@ -97,8 +105,8 @@ def layer_step(way, xs):
     return step
 
 
-def model_step(g, batch, x):
-    model = models_lib.get_model("model1", 10)
+def model_step(g, batch, x, impl="xla"):
+    model = models_lib.get_model("model1", 10, conv_impl=impl)
     keys = jax.random.split(jax.random.PRNGKey(0), g)
     params = jax.vmap(lambda k: model.init({"params": k}, x[0, :1])["params"])(keys)
 
@@ -115,7 +123,8 @@ def model_step(g, batch, x):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gs", default="2,16", help="comma list of G (networks: trials x 2)")
-    p.add_argument("--ways", default="vmap,vmap_nchw,unroll,blockdiag,patches")
+    p.add_argument("--ways", default="vmap,vmap_nchw,unroll,blockdiag,patches,lib_blockdiag")
+    p.add_argument("--model-impls", default="xla,blockdiag", help="conv_impl of the whole-network rows")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--repeats", type=int, default=3)
@@ -136,10 +145,11 @@ def main(argv=None):
                 rows.append((g, name, way, t))
                 print(f"  G={g:3d} {name} {way:10s} {t * 1e6:9.1f} us", flush=True)
         x = jnp.asarray(rng.standard_normal((g, a.batch, 32, 32, 3)), jnp.float32)
-        step, params = model_step(g, a.batch, x)
-        t = scan_time(step, params, a.iters, a.repeats)
-        rows.append((g, "model1 fwd+bwd", "vmap", t))
-        print(f"  G={g:3d} model1 fwd+bwd vmap {t * 1e6:9.1f} us", flush=True)
+        for impl in a.model_impls.split(","):
+            step, params = model_step(g, a.batch, x, impl)
+            t = scan_time(step, params, a.iters, a.repeats)
+            rows.append((g, "model1 fwd+bwd", f"vmap, conv_impl={impl}", t))
+            print(f"  G={g:3d} model1 fwd+bwd vmap conv_impl={impl} {t * 1e6:9.1f} us", flush=True)
     print("\n| G | part | way | us per iteration | us per network |\n|---|---|---|---|---|")
     for g, name, way, t in rows:
         print(f"| {g} | {name} | {way} | {t * 1e6:.1f} | {t * 1e6 / g:.1f} |")

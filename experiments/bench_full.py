@@ -120,7 +120,7 @@ def main(argv=None):
     p.add_argument("--n-train", type=int, default=None, help="training images (default: the data set's)")
     p.add_argument("--n-test", type=int, default=None, help="test images, halved into val/test (default: the data set's)")
     p.add_argument("--precision", default="float32", help="float32 | bfloat16")
-    p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches"),
+    p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches", "blockdiag"),
                    help="TrainConfig.conv_impl (default auto)")
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
     a = p.parse_args(argv)

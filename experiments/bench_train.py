@@ -424,7 +424,7 @@ def parse_args(argv=None):
                    help="comma list of net_form: vmap, unroll, fused, or 'auto' (the backend's default "
                         "execution, s2e_jax.train.default_execution; --drivers is then ignored for it)")
     p.add_argument("--precision", default="float32", help="JAX compute precision: float32 | bfloat16")
-    p.add_argument("--conv-impl", default=None, choices=("xla", "patches"),
+    p.add_argument("--conv-impl", default=None, choices=("xla", "patches", "blockdiag"),
                    help="how JAX computes convolutions (TrainConfig.conv_impl; default: default_conv_impl)")
     p.add_argument("--torch-device", default=None, help="PyTorch device (default: cuda when available, else cpu)")
     p.add_argument("--drivers", default=",".join(DRIVERS), help="comma list of driver: scan, loop")

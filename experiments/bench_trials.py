@@ -423,7 +423,7 @@ def parse_args(argv=None):
     p.add_argument("--models", default="mlp,model1", help="comma list of: mlp, model1")
     p.add_argument("--epochs", type=int, default=None, help="epochs per training (default 2; 1 with --quick)")
     p.add_argument("--conv-impls", default="xla",
-                   help="comma list of xla, patches: Model 1's one program once per convolution implementation "
+                   help="comma list of xla, patches, blockdiag: Model 1's one program once per convolution implementation "
                         "(TrainConfig.conv_impl; sequential runs use the default)")
     p.add_argument("--sequential", default="default",
                    help="comma list of sequential executions: 'default' (default_execution) and/or FORM/DRIVER, "
@@ -463,8 +463,8 @@ def parse_args(argv=None):
     if not args.models or any(m not in ("mlp", "model1") for m in args.models):
         p.error(f"--models: expected a comma list of mlp, model1, got {args.models}")
     args.conv_impls = [c.strip() for c in args.conv_impls.split(",") if c.strip()]
-    if not args.conv_impls or any(c not in ("xla", "patches") for c in args.conv_impls):
-        p.error(f"--conv-impls: expected a comma list of xla, patches, got {args.conv_impls}")
+    if not args.conv_impls or any(c not in ("xla", "patches", "blockdiag") for c in args.conv_impls):
+        p.error(f"--conv-impls: expected a comma list of xla, patches, blockdiag, got {args.conv_impls}")
     args.sequential = [s.strip() for s in args.sequential.split(",") if s.strip()]
     for s in args.sequential:
         try:

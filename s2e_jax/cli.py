@@ -33,7 +33,8 @@ def _add_train_args(p: argparse.ArgumentParser):
     p.add_argument("--net-form", default=d.net_form, help="auto | vmap | unroll | fused")
     p.add_argument("--driver", default=d.driver, help="auto | scan | loop")
     p.add_argument("--conv-impl", default=d.conv_impl,
-                   help="auto | xla | patches (a convolution as image patches times the kernel)")
+                   help="auto | xla | patches | blockdiag: how convolutions of many networks are computed "
+                        "(s2e_jax/convs.py)")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--precision", default=d.precision,
                    help="float32 | bfloat16 (bf16 compute on float32 master weights)")

@@ -26,7 +26,7 @@ MODELS = ("auto", "mlp", "model1", "model2", "model3")
 NET_FORMS = ("auto", "vmap", "unroll", "fused")
 DRIVERS = ("auto", "scan", "loop")
 PRECISIONS = ("float32", "bfloat16")
-CONV_IMPLS = ("auto", "xla", "patches")
+CONV_IMPLS = ("auto", "xla", "patches", "blockdiag")
 
 
 def _fail(field: str, problem: str):
@@ -88,7 +88,7 @@ class TrainConfig:
     seed: int = 0
     net_form: str = "auto"             # how the network axis is computed: vmap | unroll | fused
     driver: str = "auto"               # epoch driver: scan (one jitted lax.scan) | loop (jitted steps)
-    conv_impl: str = "auto"            # convolutions: xla | patches (image patches x kernel, one matmul)
+    conv_impl: str = "auto"            # convolutions: xla | patches | blockdiag (s2e_jax/convs.py)
     eval_batch_size: int = 1000
     precision: str = "float32"         # float32 | bfloat16 (bf16 compute, float32 master weights)
     memory_budget_mib: Optional[float] = None  # per-device budget of K trials in one program; None: auto

@@ -37,6 +37,10 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from s2e_jax.convs import blockdiag_conv, patches_conv
+
+_CONV_FNS = {"patches": patches_conv, "blockdiag": blockdiag_conv}
+
 __all__ = [
     "MLP",
     "Model1",
@@ -48,12 +52,11 @@ __all__ = [
     "count_params",
     "fused_stem",
     "max_pool_2x2",
-    "patches_conv",
     "CONV_IMPLS",
 ]
 
 MODEL_NAMES = ("mlp", "model1", "model2", "model3")
-CONV_IMPLS = ("xla", "patches")  # how a Conv layer is computed (:func:`patches_conv`)
+CONV_IMPLS = ("xla", "patches", "blockdiag")  # how a Conv layer is computed (:mod:`s2e_jax.convs`)
 
 # BatchNorm settings: PyTorch defaults (momentum=0.1 in torch == 0.9 in flax, eps=1e-5).
 BN_MOMENTUM = 0.9
@@ -73,47 +76,10 @@ def _torch_uniform(fan_in: int):
     return init
 
 
-def patches_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                 dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
-                 preferred_element_type=None):
-    """``lax.conv_general_dilated`` for NHWC/HWIO as image patches times the kernel (one matmul).
-
-    Equal to the convolution up to float reassociation. Where it pays: under ``vmap`` over the
-    kernel (K trials x N networks, each its own weights) XLA turns a convolution into a grouped one
-    whose kernel gradient is a ``batch_group_count`` convolution; here the patches
-    (``conv_general_dilated_patches``, whose kernel is a constant) fold the vmapped axis into the
-    batch, and the product with the kernel is a batched matmul (``dot_general`` with a batch axis),
-    forward and backward. Costs kh*kw times the input's memory for the patches.
-    """
-    plain = (feature_group_count == 1 and batch_group_count == 1
-             and all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation or (1,)))
-             and lhs.ndim == 4 and _is_nhwc(dimension_numbers, lhs.ndim))
-    if not plain:  # anything but a plain 2-D NHWC convolution: XLA's own
-        return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-            feature_group_count, batch_group_count, precision, preferred_element_type)
-    kh, kw, cin, cout = rhs.shape
-    patches = jax.lax.conv_general_dilated_patches(
-        lhs, (kh, kw), window_strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=precision)  # [B, H', W', cin*kh*kw], features ordered (cin, kh, kw)
-    w = rhs.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout)
-    return jnp.einsum("bhwp,po->bhwo", patches, w, precision=precision,
-                      preferred_element_type=preferred_element_type)
-
-
-def _is_nhwc(dn, ndim) -> bool:
-    """Whether flax's dimension numbers are NHWC input, HWIO kernel, NHWC output."""
-    if dn is None:
-        return False
-    want = jax.lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, ("NHWC", "HWIO", "NHWC"))
-    got = jax.lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, dn)
-    return tuple(got) == tuple(want)
-
-
 def _conv(x_channels: int, features: int, kernel: int, padding: str, name: str,
           impl: str = "xla") -> nn.Conv:
     fan_in = kernel * kernel * x_channels
-    kw = {} if impl == "xla" else dict(conv_general_dilated=patches_conv)
+    kw = {} if impl == "xla" else dict(conv_general_dilated=_CONV_FNS[impl])
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -225,7 +191,7 @@ class Model1(nn.Module):
     """
 
     num_classes: int = 10
-    conv_impl: str = "xla"  # CONV_IMPLS: XLA's convolution or :func:`patches_conv`
+    conv_impl: str = "xla"  # CONV_IMPLS: XLA's convolution or one of :mod:`s2e_jax.convs`
 
     stem_name = "conv0"
     stem_kernel = 5
@@ -365,7 +331,7 @@ def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jn
     if isinstance(model, MLP):
         y = x.reshape((x.shape[0], -1)) @ kernel
     else:
-        conv = patches_conv if getattr(model, "conv_impl", "xla") == "patches" else jax.lax.conv_general_dilated
+        conv = _CONV_FNS.get(getattr(model, "conv_impl", "xla"), jax.lax.conv_general_dilated)
         y = conv(x, kernel, (1, 1), model.stem_padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     y = model.post_stem(y + bias)
     sizes = [s["kernel"].shape[-1] for s in stems]

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s2e_jax import models
+from s2e_jax import convs, models
 from s2e_jax.config import ConfigError
 from s2e_jax.models import (
     MLP,
@@ -394,7 +394,7 @@ def test_patches_conv_equals_xla_conv_values_and_gradients(padding, stride):
     pad = padding if isinstance(padding, str) else [padding, padding]
     dn = ("NHWC", "HWIO", "NHWC")
     xla = jax.vmap(lambda a, b: jax.lax.conv_general_dilated(a, b, stride, pad, dimension_numbers=dn))
-    pat = jax.vmap(lambda a, b: models.patches_conv(a, b, stride, pad, dimension_numbers=dn))
+    pat = jax.vmap(lambda a, b: convs.patches_conv(a, b, stride, pad, dimension_numbers=dn))
     np.testing.assert_allclose(np.asarray(pat(x, w)), np.asarray(xla(x, w)), atol=1e-5, rtol=1e-5)
     loss = lambda f: lambda a, b: jnp.sum(jnp.sin(f(a, b)))  # noqa: E731
     for ga, gb in zip(jax.grad(loss(pat), (0, 1))(x, w), jax.grad(loss(xla), (0, 1))(x, w)):
@@ -405,15 +405,16 @@ def test_patches_conv_hands_other_convolutions_to_xla():
     x = jnp.ones((1, 6, 6, 4))
     w = jnp.ones((3, 3, 2, 4))  # feature_group_count=2: not a plain convolution
     dn = ("NHWC", "HWIO", "NHWC")
-    got = models.patches_conv(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2)
+    got = convs.patches_conv(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2)
     want = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+@pytest.mark.parametrize("impl", ["patches", "blockdiag"])
 @pytest.mark.parametrize("name", ["model1", "model2", "model3"])
-def test_conv_impl_patches_gives_the_same_network(name):
-    xla, pat = get_model(name, 10), get_model(name, 10, conv_impl="patches")
-    assert (xla.conv_impl, pat.conv_impl) == ("xla", "patches")
+def test_conv_impl_gives_the_same_network(name, impl):
+    xla, pat = get_model(name, 10), get_model(name, 10, conv_impl=impl)
+    assert (xla.conv_impl, pat.conv_impl) == ("xla", impl)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
     v = init(xla, x.shape)[0]
     np.testing.assert_allclose(np.asarray(pat.apply(v, x)), np.asarray(xla.apply(v, x)), atol=1e-5, rtol=1e-4)
@@ -423,6 +424,55 @@ def test_conv_impl_patches_gives_the_same_network(name):
 
 
 def test_conv_impl_errors():
-    with pytest.raises(ConfigError, match=r"conv_impl: unknown value 'fft' \(expected one of xla, patches\)"):
+    with pytest.raises(ConfigError, match=r"conv_impl: unknown value 'fft' \(expected one of xla, patches, blockdiag\)"):
         get_model("model1", 10, conv_impl="fft")
     assert isinstance(get_model("mlp", 10, conv_impl="patches"), MLP)  # the MLP has no convolution
+
+
+@pytest.mark.parametrize("padding,stride", [("VALID", (1, 1)), ("SAME", (2, 2))])
+def test_blockdiag_conv_equals_grouped_convolutions_under_nested_vmap(padding, stride):
+    """Trials (outer vmap) of networks (inner vmap) that share an input and that have their own:
+    values and gradients equal vmap of XLA's convolution, and no grouped convolution is left."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 4, 10, 10, 3)), jnp.float32)      # a trial's batch
+    w = jnp.asarray(rng.standard_normal((3, 2, 5, 5, 3, 6)), jnp.float32)     # its 2 networks' kernels
+    h = jnp.asarray(rng.standard_normal((3, 2, 4, 10, 10, 3)), jnp.float32)   # the networks' own inputs
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def run(conv):
+        def per_trial(xk, wk, hk):
+            def loss(ws, hs):
+                shared = jax.vmap(lambda k: conv(xk, k, stride, padding, dimension_numbers=dn))(ws)
+                own = jax.vmap(lambda a, k: conv(a, k, stride, padding, dimension_numbers=dn))(hs, ws)
+                return jnp.sum(jnp.sin(shared)) + jnp.sum(jnp.cos(own) * own)
+            return jax.value_and_grad(loss, argnums=(0, 1))(wk, hk)
+        return jax.jit(jax.vmap(per_trial))
+
+    ref, got = run(jax.lax.conv_general_dilated), run(convs.blockdiag_conv)
+    for a, b in zip(jax.tree_util.tree_leaves(got(x, w, h)), jax.tree_util.tree_leaves(ref(x, w, h))):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max(), rtol=1e-5)
+    text = got.lower(x, w, h).as_text()
+    assert "convolution" in text
+    import re
+    assert set(re.findall(r"feature_group_count = (\d+)", text)) <= {"1"}
+    assert set(re.findall(r"batch_group_count = (\d+)", text)) <= {"1"}
+
+
+def test_blockdiag_conv_stacks_in_chunks(monkeypatch):
+    """Over BLOCKDIAG_MAX_CHANNELS the networks are stacked in chunks: same values, fewer groups."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((8, 2, 7, 7, 3)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((8, 3, 3, 3, 4)), jnp.float32)
+    dn = ("NHWC", "HWIO", "NHWC")
+    monkeypatch.setattr(convs, "BLOCKDIAG_MAX_CHANNELS", 8)  # 2 networks of 4 channels per chunk
+    assert convs._chunk(8, 3, 4) == 2 and convs._chunk(6, 3, 4) == 2 and convs._chunk(5, 3, 4) == 1
+    convs._ops.cache_clear()
+    f = lambda conv: jax.jit(jax.vmap(jax.grad(  # noqa: E731
+        lambda k, a: jnp.sum(jnp.sin(conv(a, k, (1, 1), "SAME", dimension_numbers=dn))), (0, 1))))
+    for a, b in zip(f(convs.blockdiag_conv)(w, x), f(jax.lax.conv_general_dilated)(w, x)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+    import re
+    text = f(convs.blockdiag_conv).lower(w, x).as_text()
+    assert set(re.findall(r"feature_group_count = (\d+)", text)) <= {"1", "4"}  # 8 networks / 2 per chunk
+    convs._ops.cache_clear()

@@ -154,19 +154,27 @@ def test_net_forms_give_the_same_loss_and_gradients_conv(model, forms):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_conv_impl_patches_trains_like_xla():
-    """``conv_impl='patches'`` reaches the trainer's model and gives the same epoch (float rounding)."""
+@pytest.mark.parametrize("impl", ["patches", "blockdiag"])
+def test_conv_impl_trains_like_xla(impl):
+    """``conv_impl`` reaches the trainer's model and gives the same epoch (float rounding), for one
+    training and for K trainings in one program (blockdiag: the trials' networks stacked)."""
     ds = _cifar_like()
     cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
                net_form="vmap", driver="loop")
-    pat = T.prepare(cfg.replace(conv_impl="patches"), ds)
-    assert pat.trainer.model.conv_impl == "patches"
-    assert T.prepare(cfg, ds).trainer.model.conv_impl == T.default_conv_impl() == "xla"
-    ref = _run(T.prepare(cfg.replace(conv_impl="xla"), ds))[1]
-    got = _run(pat)[1]
-    for k in ("train_loss", "val_loss", "label_precision", "kept_fraction"):
+    other = T.prepare(cfg.replace(conv_impl=impl), ds)
+    assert other.trainer.model.conv_impl == impl
+    xla = T.prepare(cfg, ds)
+    assert xla.trainer.model.conv_impl == T.default_conv_impl() == "xla"
+    ref, got = _run(xla)[1], _run(other)[1]
+    keys = ("train_loss", "val_loss", "label_precision", "kept_fraction")
+    for k in keys:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
-    with pytest.raises(ConfigError, match=r"conv_impl: .*'fft'.*auto, xla, patches"):
+    if impl == "blockdiag":
+        scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0], [0.4, 1.0, 1.0]], np.float32)
+        many = [T.train_trials(p, scheds, [3, 4, 5], one_program=True) for p in (xla, other)]
+        for k in keys:
+            np.testing.assert_allclose(many[1][k], many[0][k], rtol=1e-4, atol=1e-6, err_msg=k)
+    with pytest.raises(ConfigError, match=r"conv_impl: .*'fft'.*auto, xla, patches, blockdiag"):
         cfg.replace(conv_impl="fft").validate()
 
 

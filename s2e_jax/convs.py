@@ -1,0 +1,232 @@
+"""How a convolution of many networks is computed (``TrainConfig.conv_impl``; Table 4's conv nets).
+
+The trainer runs N networks of a trial, and K trials, as ``vmap`` over their parameters. ``vmap`` of a
+convolution over its kernel is, by XLA's rule, a *grouped* convolution (``feature_group_count`` = G,
+G = K x N) whose kernel gradient is a ``batch_group_count`` convolution. Measured on an H200
+(experiments/gpu_h200/followup/conv_parts.txt), cuDNN's grouped kernels for Model 1's 3 -> 6 and
+6 -> 16 channels barely get cheaper per network as G grows, which is why K Model 1 trials in one
+program gained only ~2x over K in sequence. The alternatives here are plain 2-D NHWC/HWIO
+convolutions computed another way; every one equals ``lax.conv_general_dilated`` up to float
+reassociation (tested):
+
+* :func:`patches_conv` — image patches (``conv_general_dilated_patches``) times the kernel, one matmul;
+* :func:`blockdiag_conv` — a convolution whose batching rule (``jax.custom_batching.custom_vmap``)
+  stacks G networks into ONE dense convolution: networks that share their input get their kernels
+  side by side (G x Cout output channels, no extra work); networks with their own inputs get the
+  inputs side by side along channels and a block-diagonal kernel (G times the arithmetic, no groups),
+  in chunks of at most ``BLOCKDIAG_MAX_CHANNELS`` channels (a chunked remainder stays grouped). Its
+  gradients are its own (``jax.custom_vjp`` with input and kernel gradients that batch the same way),
+  since reverse-mode differentiation does not pass through ``custom_vmap``.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["patches_conv", "blockdiag_conv", "BLOCKDIAG_MAX_CHANNELS"]
+
+DN = ("NHWC", "HWIO", "NHWC")
+# the widest stacked convolution blockdiag_conv builds (input or output channels): G networks of a
+# layer are stacked in chunks of at most this many channels (Model 1 on an H200: 16 networks of
+# 6 -> 16 channels = 96 -> 256 was faster than the grouped convolution, 64 networks was slower)
+BLOCKDIAG_MAX_CHANNELS = 256
+
+
+def _is_nhwc(dn, ndim) -> bool:
+    """Whether dimension numbers (flax passes ``ConvDimensionNumbers``) are NHWC / HWIO / NHWC."""
+    if dn is None:
+        return False
+    want = jax.lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, DN)
+    got = jax.lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, dn)
+    return tuple(got) == tuple(want)
+
+
+def _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count):
+    return (feature_group_count == 1 and batch_group_count == 1
+            and all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation or (1,)))
+            and lhs.ndim == 4 and _is_nhwc(dimension_numbers, lhs.ndim))
+
+
+# ----------------------------------------------------------------------------------- patches
+def patches_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                 dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                 preferred_element_type=None):
+    """``lax.conv_general_dilated`` for NHWC/HWIO as image patches times the kernel (one matmul).
+
+    Under ``vmap`` the patches (a convolution with a constant kernel) fold the vmapped axis into the
+    batch and the product with the kernel is a batched matmul, forward and backward. Costs kh*kw
+    times the input's memory. Measured slower than XLA's convolution on an H200 (one Model 1
+    training 0.57x, Model 2 0.14x, Model 1's K = 8 trials in one program 0.43x) and on this CPU
+    (Model 2 0.17x); kept to measure elsewhere.
+    """
+    if not _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                     batch_group_count):
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)
+    kh, kw, cin, cout = rhs.shape
+    patches = jax.lax.conv_general_dilated_patches(
+        lhs, (kh, kw), window_strides, padding, dimension_numbers=DN,
+        precision=precision)  # [B, H', W', cin*kh*kw], features ordered (cin, kh, kw)
+    w = rhs.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout)
+    return jnp.einsum("bhwp,po->bhwo", patches, w, precision=precision,
+                      preferred_element_type=preferred_element_type)
+
+
+# ----------------------------------------------------------------------------------- block-diagonal
+def blockdiag_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                   preferred_element_type=None):
+    """``lax.conv_general_dilated`` (NHWC/HWIO) that ``vmap`` over networks turns into one dense
+    convolution (module docstring); anything but a plain 2-D convolution goes to XLA as is."""
+    if not _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                     batch_group_count) or preferred_element_type is not None:
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)
+    pad = padding if isinstance(padding, str) else tuple(tuple(int(a) for a in p) for p in padding)
+    return _ops(tuple(int(s) for s in window_strides), pad, precision)["conv"](lhs, rhs)
+
+
+def _side(a, g):
+    """[g, ..., C] -> [..., g*C]: g arrays side by side along the channels."""
+    return jnp.moveaxis(a, 0, -2).reshape(a.shape[1:-1] + (g * a.shape[-1],))
+
+
+def _unside(a, g):
+    """[..., g*C] -> [g, ..., C]."""
+    return jnp.moveaxis(a.reshape(a.shape[:-1] + (g, a.shape[-1] // g)), -2, 0)
+
+
+def _blockdiag(w):
+    """[g, kh, kw, ci, co] -> [kh, kw, g*ci, g*co], network j's kernel in block (j, j)."""
+    g, kh, kw, ci, co = w.shape
+    eye = jnp.eye(g, dtype=w.dtype)
+    return jnp.einsum("gh,gyxio->yxgiho", eye, w).reshape(kh, kw, g * ci, g * co)
+
+
+def _diag_blocks(k, g):
+    """[kh, kw, g*ci, g*co] -> [g, kh, kw, ci, co]: the diagonal blocks."""
+    kh, kw, gci, gco = k.shape
+    k = k.reshape(kh, kw, g, gci // g, g, gco // g)
+    return jnp.einsum("yxgigo->gyxio", k)
+
+
+def _chunk(g: int, ci: int, co: int) -> int:
+    """Networks per stacked convolution: the largest divisor c of g with c*max(ci, co) within
+    BLOCKDIAG_MAX_CHANNELS (at least 1)."""
+    best = 1
+    for c in range(1, g + 1):
+        if g % c == 0 and c * max(ci, co) <= BLOCKDIAG_MAX_CHANNELS:
+            best = c
+    return best
+
+
+def _chunked(fn, g, c, *arrays):
+    """``fn(op)`` on chunks of c networks. All g at once (c == g): ``fn`` with the custom-batched op,
+    so that an enclosing ``vmap`` stacks further. Else [g, ...] arrays as [g/c, c, ...] and ``fn`` with
+    the plain op vmapped over the chunks: XLA's grouped convolutions of g/c groups."""
+    if c == g:
+        return fn(True)(*arrays)
+    split = [a.reshape((g // c, c) + a.shape[1:]) for a in arrays]
+    out = jax.vmap(fn(False))(*split)
+    return out.reshape((g,) + out.shape[2:])
+
+
+@functools.lru_cache(maxsize=None)
+def _ops(strides, padding, precision):
+    """The custom-batched forward, input-gradient and kernel-gradient convolutions of one
+    (strides, padding), and the custom-VJP convolution made of them."""
+
+    def plain(x, w):
+        return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN, precision=precision)
+
+    def plain_dx(dy, w, x):
+        return jax.vjp(lambda a: plain(a, w), x)[1](dy)[0]
+
+    def plain_dw(x, dy, w):
+        return jax.vjp(lambda k: plain(x, k), w)[1](dy)[0]
+
+    @jax.custom_batching.custom_vmap
+    def fwd(x, w):
+        return plain(x, w)
+
+    @jax.custom_batching.custom_vmap
+    def dx_op(dy, w, x):
+        return plain_dx(dy, w, x)
+
+    @jax.custom_batching.custom_vmap
+    def dw_op(x, dy, w):
+        return plain_dw(x, dy, w)
+
+    def bcast(a, batched, g):
+        return a if batched else jnp.broadcast_to(a, (g,) + a.shape)
+
+    def fold(a):  # [g, B, ...] -> [g*B, ...]
+        return a.reshape((-1,) + a.shape[2:])
+
+    @fwd.def_vmap
+    def _fwd_rule(g, in_batched, x, w):
+        xb, wb = in_batched
+        if not wb:  # one kernel: the networks' inputs are one larger batch
+            x = bcast(x, xb, g)
+            y = fwd(fold(x), w)
+            return y.reshape((g, -1) + y.shape[1:]), True
+        ci, co = w.shape[-2:]
+        c = _chunk(g, ci, co)
+        if not xb and c == g:  # one input: the kernels side by side, exactly the work of g convs
+            return _unside(fwd(x, _side(w, g)), g), True
+        x = bcast(x, xb, g)
+
+        def one(custom):
+            op = fwd if custom else plain
+            return lambda xs, ws: _unside(op(_side(xs, xs.shape[0]), _blockdiag(ws)), xs.shape[0])
+        return _chunked(one, g, c, x, w), True
+
+    @dx_op.def_vmap
+    def _dx_rule(g, in_batched, dy, w, x):
+        dyb, wb, xb = in_batched
+        if not wb:
+            dy, x = bcast(dy, dyb, g), bcast(x, xb, g)
+            dx = dx_op(fold(dy), w, fold(x))
+            return dx.reshape((g, -1) + dx.shape[1:]), True
+        dy, x = bcast(dy, dyb, g), bcast(x, xb, g)
+        c = _chunk(g, *w.shape[-2:])
+
+        def one(custom):
+            op = dx_op if custom else plain_dx
+            return lambda d, ws, xs: _unside(
+                op(_side(d, d.shape[0]), _blockdiag(ws), _side(xs, xs.shape[0])), d.shape[0])
+        return _chunked(one, g, c, dy, w, x), True
+
+    @dw_op.def_vmap
+    def _dw_rule(g, in_batched, x, dy, w):
+        xb, dyb, wb = in_batched
+        dy, w = bcast(dy, dyb, g), bcast(w, wb, g)
+        ci, co = w.shape[-2:]
+        c = _chunk(g, ci, co)
+        if not xb and c == g:  # one input: the kernels' gradients side by side, exact
+            return _unside(dw_op(x, _side(dy, g), _side(w, g)), g), True
+        x = bcast(x, xb, g)
+
+        def one(custom):
+            op = dw_op if custom else plain_dw
+            return lambda xs, d, ws: _diag_blocks(
+                op(_side(xs, xs.shape[0]), _side(d, d.shape[0]), _blockdiag(ws)), xs.shape[0])
+        return _chunked(one, g, c, x, dy, w), True
+
+    @jax.custom_vjp
+    def conv(x, w):
+        return fwd(x, w)
+
+    def conv_fwd(x, w):
+        return fwd(x, w), (x, w)
+
+    def conv_bwd(res, dy):
+        x, w = res
+        return dx_op(dy, w, x), dw_op(x, dy, w)
+
+    conv.defvjp(conv_fwd, conv_bwd)
+    return dict(conv=conv, fwd=fwd, dx=dx_op, dw=dw_op)
