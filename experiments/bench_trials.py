@@ -254,7 +254,7 @@ class Execution:
     form: str
     driver: str
     default: bool   # the backend's default execution (``default_execution``)
-    conv: str = "xla"  # convolutions (``TrainConfig.conv_impl``; '-' for the MLP)
+    conv: str = "-"  # convolutions (``TrainConfig.conv_impl``; "-" for the MLP)
     prep: object = None
     warm_s: float = float("nan")   # sequential: the shared warm-up (one training, 1 epoch)
     compile_s: float = float("nan")  # sequential: compile seconds of that warm-up
