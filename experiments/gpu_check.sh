@@ -10,18 +10,7 @@
 # shapes); the log also times Model 1's convolutions for G networks. Each step has its own limit, so one
 # slow step does not cost the others.
 # Needs jax with CUDA, flax, optax, torch, scikit-learn, matplotlib (not tensorflow-datasets/optuna).
-set -u -o pipefail
-OUT=${OUT:?set OUT to a folder for the results}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-cd "$(dirname "$0")/.."
-LOG="$OUT/log.txt"
-step() {  # step SECONDS COMMAND...: run with a limit, log it, never stop the script
-  local limit=$1; shift
-  echo "=== $(date -u +%T) [limit ${limit}s] $*" | tee -a "$LOG"
-  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
-  echo "=== rc ${PIPESTATUS[0]}" | tee -a "$LOG"
-}
+source "$(dirname "$0")/gpu_steps.sh"  # $OUT, the repository root, step()
 step 20 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 step 40 python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, jax.devices(), '| flax', flax.__version__, '| optax', optax.__version__, '| torch', torch.__version__, torch.cuda.is_available())"
 # 1. the full training first: it is the target with the least room (200 Model 1 epochs < 60 s, H100)

@@ -4,18 +4,7 @@
 # (200 steps per epoch), and whether convolutions as patches x kernel (TrainConfig.conv_impl)
 # beat XLA's grouped convolutions under vmap. Writes under $OUT: log.txt, trials/table.{md,csv}.
 #   OUT=/tmp/gpu bash experiments/gpu_convs.sh
-set -u -o pipefail
-OUT=${OUT:?set OUT to a folder for the results}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-cd "$(dirname "$0")/.."
-LOG="$OUT/log.txt"
-step() {  # step SECONDS COMMAND...
-  local limit=$1; shift
-  echo "=== $(date -u +%T) [limit ${limit}s] $*" | tee -a "$LOG"
-  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
-  echo "=== rc ${PIPESTATUS[0]}" | tee -a "$LOG"
-}
+source "$(dirname "$0")/gpu_steps.sh"  # $OUT, the repository root, step()
 step 150 python3 experiments/bench_trials.py --models mlp,model1 --ks 1,8,32 --epochs 2 --mlp-train 25600 \
     --model1-train 25600 --mlp-eval 512 --model1-eval 512 --conv-impls xla,patches --budget 60 --out "$OUT/trials"
 for impl in xla patches; do
