@@ -15,7 +15,7 @@ step 20 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --
 step 40 python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, jax.devices(), '| flax', flax.__version__, '| optax', optax.__version__, '| torch', torch.__version__, torch.cuda.is_available())"
 # 1. the full training first: it is the target with the least room (200 Model 1 epochs < 60 s, H100)
 # (projected from the epochs run when 200 would take over 100 s)
-step 100 python3 experiments/bench_full.py --models model1 --epochs 200 --max-seconds 100 --out "$OUT/full.md"
+step 90 python3 experiments/bench_full.py --models model1 --epochs 200 --max-seconds 100 --out "$OUT/full.md"
 # 2. throughput against the PyTorch loop on the same GPU (the README's models, default execution)
 step 110 python3 experiments/bench_train.py --models mlp,model1,model2,model3 --forms auto \
     --torch-threads default --steps mlp=200,model1=200,model2=40,model3=20 --repeats 3 --budget 20 \
@@ -26,7 +26,7 @@ step 110 python3 experiments/bench_train.py --models mlp,model1,model2,model3 --
 step 150 python3 experiments/bench_trials.py --ks 1,8,32 --epochs 2 --budget 40 --conv-impls xla,blockdiag \
     --out "$OUT/trials"
 # 4. the floor: FLOPs per epoch, achieved FLOP/s, fraction of a measured matmul peak
-step 70 python3 experiments/bench_flops.py --repeats 2 --out "$OUT/flops.md"
+step 80 python3 experiments/bench_flops.py --repeats 2 --out "$OUT/flops.md"
 # 5. Model 1's convolutions for G = trials x 2 networks, computed several ways (why Model 1's trials
 #    scale less than the MLP's on a GPU; table in the log)
 step 80 python3 experiments/bench_conv_parts.py --gs 2,16,64 --iters 50 --repeats 3 \
