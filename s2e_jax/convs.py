@@ -43,16 +43,34 @@ def _is_nhwc(dn, ndim) -> bool:
     return tuple(got) == tuple(want)
 
 
-def _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count):
-    return (feature_group_count == 1 and batch_group_count == 1
+def _plain_2d(lhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
+              preferred_element_type):
+    """Whether a ``conv_general_dilated`` call is a plain 2-D NHWC/HWIO convolution (what this module
+    computes its own way; anything else goes to XLA as is)."""
+    return (feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
             and all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation or (1,)))
             and lhs.ndim == 4 and _is_nhwc(dimension_numbers, lhs.ndim))
 
 
+def _conv_impl(own):
+    """A ``conv_general_dilated`` replacement: ``own(lhs, rhs, window_strides, padding, precision)``
+    for plain 2-D convolutions, ``lax.conv_general_dilated`` for everything else."""
+
+    @functools.wraps(own)
+    def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+             feature_group_count=1, batch_group_count=1, precision=None, preferred_element_type=None):
+        if _plain_2d(lhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                     batch_group_count, preferred_element_type):
+            return own(lhs, rhs, window_strides, padding, precision)
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)
+    return conv
+
+
 # ----------------------------------------------------------------------------------- patches
-def patches_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                 dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
-                 preferred_element_type=None):
+@_conv_impl
+def patches_conv(lhs, rhs, window_strides, padding, precision=None):
     """``lax.conv_general_dilated`` for NHWC/HWIO as image patches times the kernel (one matmul).
 
     Under ``vmap`` the patches (a convolution with a constant kernel) fold the vmapped axis into the
@@ -61,33 +79,21 @@ def patches_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
     training 0.57x, Model 2 0.14x, Model 1's K = 8 trials in one program 0.43x) and on this CPU
     (Model 2 0.17x); kept to measure elsewhere.
     """
-    if not _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-                     batch_group_count):
-        return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-            feature_group_count, batch_group_count, precision, preferred_element_type)
     kh, kw, cin, cout = rhs.shape
     patches = jax.lax.conv_general_dilated_patches(
         lhs, (kh, kw), window_strides, padding, dimension_numbers=DN,
         precision=precision)  # [B, H', W', cin*kh*kw], features ordered (cin, kh, kw)
     w = rhs.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout)
-    return jnp.einsum("bhwp,po->bhwo", patches, w, precision=precision,
-                      preferred_element_type=preferred_element_type)
+    return jnp.einsum("bhwp,po->bhwo", patches, w, precision=precision)
 
 
 # ----------------------------------------------------------------------------------- block-diagonal
-def blockdiag_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                   dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
-                   preferred_element_type=None):
+@_conv_impl
+def blockdiag_conv(lhs, rhs, window_strides, padding, precision=None):
     """``lax.conv_general_dilated`` (NHWC/HWIO) that ``vmap`` over networks turns into one dense
     convolution (module docstring); anything but a plain 2-D convolution goes to XLA as is."""
-    if not _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-                     batch_group_count) or preferred_element_type is not None:
-        return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-            feature_group_count, batch_group_count, precision, preferred_element_type)
     pad = padding if isinstance(padding, str) else tuple(tuple(int(a) for a in p) for p in padding)
-    return _ops(tuple(int(s) for s in window_strides), pad, precision)["conv"](lhs, rhs)
+    return _custom_conv(tuple(int(s) for s in window_strides), pad, precision)(lhs, rhs)
 
 
 def _side(a, g):
@@ -136,9 +142,9 @@ def _chunked(fn, g, c, *arrays):
 
 
 @functools.lru_cache(maxsize=None)
-def _ops(strides, padding, precision):
-    """The custom-batched forward, input-gradient and kernel-gradient convolutions of one
-    (strides, padding), and the custom-VJP convolution made of them."""
+def _custom_conv(strides, padding, precision):
+    """The custom-VJP convolution of one (strides, padding) made of custom-batched forward,
+    input-gradient and kernel-gradient convolutions."""
 
     def plain(x, w):
         return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN, precision=precision)
@@ -229,4 +235,4 @@ def _ops(strides, padding, precision):
         return dx_op(dy, w, x), dw_op(x, dy, w)
 
     conv.defvjp(conv_fwd, conv_bwd)
-    return dict(conv=conv, fwd=fwd, dx=dx_op, dw=dw_op)
+    return conv

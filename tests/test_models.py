@@ -467,7 +467,7 @@ def test_blockdiag_conv_stacks_in_chunks(monkeypatch):
     dn = ("NHWC", "HWIO", "NHWC")
     monkeypatch.setattr(convs, "BLOCKDIAG_MAX_CHANNELS", 8)  # 2 networks of 4 channels per chunk
     assert convs._chunk(8, 3, 4) == 2 and convs._chunk(6, 3, 4) == 2 and convs._chunk(5, 3, 4) == 1
-    convs._ops.cache_clear()
+    convs._custom_conv.cache_clear()
     f = lambda conv: jax.jit(jax.vmap(jax.grad(  # noqa: E731
         lambda k, a: jnp.sum(jnp.sin(conv(a, k, (1, 1), "SAME", dimension_numbers=dn))), (0, 1))))
     for a, b in zip(f(convs.blockdiag_conv)(w, x), f(jax.lax.conv_general_dilated)(w, x)):
@@ -475,4 +475,4 @@ def test_blockdiag_conv_stacks_in_chunks(monkeypatch):
     import re
     text = f(convs.blockdiag_conv).lower(w, x).as_text()
     assert set(re.findall(r"feature_group_count = (\d+)", text)) <= {"1", "4"}  # 8 networks / 2 per chunk
-    convs._ops.cache_clear()
+    convs._custom_conv.cache_clear()
