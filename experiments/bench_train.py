@@ -646,8 +646,10 @@ def main(argv=None):
               + (f" [{jax.devices()[0].device_kind}]" if jax.default_backend() != "cpu" else "")
               + (f", torch {torch_version} on {torch_device} (default {default_threads} threads)"
                  if torch_version else "")
-              + f"; {os.cpu_count()} CPU cores ({platform.machine()}); load average "
-              f"{load_before[0]:.1f} before, {load_after[0]:.1f} after; total {total:.0f} s")
+              + f"; {os.cpu_count()} CPU cores ({platform.machine()})"
+              + (f"; GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']} (both sides)" if os.environ.get("GLIBC_TUNABLES")
+                 else "")
+              + f"; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; total {total:.0f} s")
     notes = [
         f"- One warm-up epoch, then up to {args.repeats} timed epochs per configuration (`epochs`; no more once "
         f"its timed epochs took {args.budget:g} s), interleaved round-robin; epoch_s / steps_per_s / images_per_s: "
