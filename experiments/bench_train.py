@@ -149,8 +149,9 @@ class JaxRunner:
     timed epoch of ``trainer.run_epoch`` ended by ``jax.block_until_ready`` on (carry, metrics)."""
 
     def __init__(self, ds, is_clean, model_name, form, driver, n_eval, seed=0, precision="float32",
-                 conv_impl=None):
-        model = models_lib.get_model(model_name, ds.num_classes, conv_impl or train_lib.default_conv_impl())
+                 conv_impl=None, pool_s2d=None):
+        model = models_lib.get_model(model_name, ds.num_classes, conv_impl or train_lib.default_conv_impl(),
+                                     pool_s2d=pool_s2d)
         self.trainer = train_lib.Trainer(model, 2, selection.coteaching_rule, schedules.coteaching_rate,
                                          epochs=EPOCHS, batch_size=BATCH, n_train=len(ds.y_train), lr=LR,
                                          net_form=form, driver=driver, eval_batch_size=n_eval,
@@ -426,6 +427,9 @@ def parse_args(argv=None):
     p.add_argument("--precision", default="float32", help="JAX compute precision: float32 | bfloat16")
     p.add_argument("--conv-impl", default=None, choices=("xla", "patches", "blockdiag"),
                    help="how JAX computes convolutions (TrainConfig.conv_impl; default: default_conv_impl)")
+    p.add_argument("--pool-s2d", default="auto",
+                   help="comma list of auto, on, off: Model 1 with each conv + pool as one space-to-depth "
+                        "convolution (TrainConfig.pool_s2d; auto: on for the CPU), each timed in the same run")
     p.add_argument("--torch-device", default=None, help="PyTorch device (default: cuda when available, else cpu)")
     p.add_argument("--drivers", default=",".join(DRIVERS), help="comma list of driver: scan, loop")
     p.add_argument("--budget", type=float, default=12.0,
@@ -458,6 +462,7 @@ def parse_args(argv=None):
     if args.precision not in train_lib.PRECISIONS:
         p.error(f"--precision: expected one of {', '.join(train_lib.PRECISIONS)}, got {args.precision!r}")
     args.drivers = listed(args.drivers, DRIVERS, "drivers")
+    args.pool_s2d = list(dict.fromkeys(listed(args.pool_s2d, ("auto", "on", "off"), "pool-s2d")))
     threads = listed(args.torch_threads, None, "torch-threads")
     if any(t != "default" and not (t.isdigit() and int(t) > 0) for t in threads):
         p.error(f"--torch-threads: expected 'default' or positive integers, got {args.torch_threads!r}")
@@ -612,15 +617,17 @@ def main(argv=None):
                 pair = train_lib.default_execution(model) if form == "auto" else (form, driver)
                 if pair not in pairs:
                     pairs.append(pair)
-        for form, driver in pairs:
-            name = f"jax {form}/{driver}"
+        pools = args.pool_s2d if model == "model1" else ["auto"]
+        for (form, driver), pool in [(pair, pool) for pair in pairs for pool in pools]:
+            name = f"jax {form}/{driver}" + ("" if pool == "auto" else f" s2d={pool}")
             runners[name] = JaxRunner(ds, is_clean, model, form, driver, args.n_eval, precision=args.precision,
-                                      conv_impl=args.conv_impl)
+                                      conv_impl=args.conv_impl, pool_s2d=None if pool == "auto" else pool == "on")
             default = ((form, driver) == train_lib.default_execution(model)
-                       and args.conv_impl in (None, train_lib.default_conv_impl()))
+                       and args.conv_impl in (None, train_lib.default_conv_impl()) and pool == "auto")
             meta[name] = dict(impl="jax" + (" (default)" if default else "")
                               + ("" if args.precision == "float32" else f" {args.precision}")
-                              + ("" if args.conv_impl is None or model == "mlp" else f" conv={args.conv_impl}"),
+                              + ("" if args.conv_impl is None or model == "mlp" else f" conv={args.conv_impl}")
+                              + ("" if pool == "auto" else f" pool_s2d={pool}"),
                               net_form=form, driver=driver)
         results = measure(runners, args.repeats, args.budget)
         for kind in (["xla-default"] if args.xla_default else []) + (["shard"] if args.shard else []):

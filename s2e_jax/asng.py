@@ -333,7 +333,7 @@ _RETRAIN_FILES = ("config.json", "metrics.csv", "summary.json", "curves.png")
 def _identity(cfg: AsngConfig) -> dict:
     d = cfg.to_dict()
     d.pop("out")
-    for k in ("out", "progress", "net_form", "driver", "conv_impl", "eval_batch_size", "memory_budget_mib"):
+    for k in ("out", "progress", "net_form", "driver", "conv_impl", "pool_s2d", "eval_batch_size", "memory_budget_mib"):
         d["train"].pop(k, None)   # how it runs, not what it computes
     return d
 

@@ -35,6 +35,9 @@ def _add_train_args(p: argparse.ArgumentParser):
     p.add_argument("--conv-impl", default=d.conv_impl,
                    help="auto | xla | patches | blockdiag: how convolutions of many networks are computed "
                         "(s2e_jax/convs.py)")
+    p.add_argument("--pool-s2d", default=d.pool_s2d,
+                   help="auto | on | off: Model 1's conv + 2x2 max-pool as one space-to-depth convolution "
+                        "(auto: on for the CPU)")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--precision", default=d.precision,
                    help="float32 | bfloat16 (bf16 compute on float32 master weights)")

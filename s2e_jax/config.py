@@ -27,6 +27,7 @@ NET_FORMS = ("auto", "vmap", "unroll", "fused")
 DRIVERS = ("auto", "scan", "loop")
 PRECISIONS = ("float32", "bfloat16")
 CONV_IMPLS = ("auto", "xla", "patches", "blockdiag")
+POOL_S2D = ("auto", "on", "off")
 
 
 def _fail(field: str, problem: str):
@@ -89,6 +90,7 @@ class TrainConfig:
     net_form: str = "auto"             # how the network axis is computed: vmap | unroll | fused
     driver: str = "auto"               # epoch driver: scan (one jitted lax.scan) | loop (jitted steps)
     conv_impl: str = "auto"            # convolutions: xla | patches | blockdiag (s2e_jax/convs.py)
+    pool_s2d: str = "auto"             # Model 1's conv + pool as one space-to-depth conv: on | off (auto: CPU)
     eval_batch_size: int = 1000
     precision: str = "float32"         # float32 | bfloat16 (bf16 compute, float32 master weights)
     memory_budget_mib: Optional[float] = None  # per-device budget of K trials in one program; None: auto
@@ -124,6 +126,7 @@ class TrainConfig:
         _check_choice("net_form", self.net_form, NET_FORMS)
         _check_choice("driver", self.driver, DRIVERS)
         _check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
+        _check_choice("pool_s2d", self.pool_s2d, POOL_S2D)
         _check_int("eval_batch_size", self.eval_batch_size, 1)
         _check_choice("precision", self.precision, PRECISIONS)
         if self.memory_budget_mib is not None:

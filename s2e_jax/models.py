@@ -27,6 +27,8 @@ Choices taken from the released code of the papers Table 4 cites (documented whe
   ``reduce_window`` is slow on CPU. ReLU then max-pool is computed as max-pool then ReLU (equal,
   a quarter of the elements), and the layers after the stem that act per channel without
   parameters are each model's ``post_stem``, so a fused stem runs them once for all networks.
+* Model 1's conv + pool pairs are one layer each (:class:`ConvPool`), on the CPU computed as one
+  space-to-depth convolution (:func:`s2e_jax.convs.conv_max_pool`).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from s2e_jax.convs import blockdiag_conv, patches_conv
+from s2e_jax.convs import blockdiag_conv, conv_max_pool, patches_conv
 
 _CONV_FNS = {"patches": patches_conv, "blockdiag": blockdiag_conv}
 
@@ -53,6 +55,7 @@ __all__ = [
     "fused_stem",
     "max_pool_2x2",
     "materialized",
+    "ConvPool",
     "CONV_IMPLS",
 ]
 
@@ -177,6 +180,41 @@ def _max_pool_bwd(res, g):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+def _conv_fn(impl: str):
+    return _CONV_FNS.get(impl, jax.lax.conv_general_dilated)
+
+
+def conv_pool(x, kernel, bias, padding: str = "VALID", conv_impl: str = "xla", s2d: bool = False):
+    """A stride-1 convolution, its bias, then a 2x2 max-pool (floor mode): ``max_pool_2x2(conv + b)``,
+    or with ``s2d`` the same as one space-to-depth convolution (:func:`s2e_jax.convs.conv_max_pool`;
+    the bias is added after the pool: a per-channel constant commutes with a max)."""
+    conv = _conv_fn(conv_impl)
+    if s2d:
+        return conv_max_pool(x, kernel, padding, conv) + bias
+    y = conv(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return max_pool_2x2(y + bias)
+
+
+class ConvPool(nn.Module):
+    """A Conv layer followed by a 2x2 max-pool, as one layer (:func:`conv_pool`): parameters
+    ``kernel`` [k, k, Cin, features] and ``bias`` like ``nn.Conv``'s (same names, shapes and init),
+    output the pooled map. ``s2d`` computes it space-to-depth (faster on XLA's CPU backend)."""
+
+    features: int
+    kernel_size: int
+    padding: str = "VALID"
+    conv_impl: str = "xla"
+    s2d: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        k, ci = self.kernel_size, x.shape[-1]
+        init = _torch_uniform(k * k * ci)
+        kernel = self.param("kernel", init, (k, k, ci, self.features))
+        bias = self.param("bias", init, (self.features,))
+        return conv_pool(x, kernel, bias, self.padding, self.conv_impl, self.s2d)
+
+
 # ----------------------------------------------------------------------------------------------
 # Table 4 networks
 # ----------------------------------------------------------------------------------------------
@@ -206,26 +244,30 @@ class Model1(nn.Module):
     5x5 Conv 6 (VALID) ReLU, 2x2 max-pool; 5x5 Conv 16 (VALID) ReLU, 2x2 max-pool;
     Dense 16*5*5 -> 120 ReLU; Dense 120 -> 84 ReLU; Dense 84 -> C.
     32x32x3, C=10: 456 + 2,416 + 48,120 + 10,164 + 850 = 62,006 parameters.
+
+    Each conv and its pool are one :class:`ConvPool` layer (``conv0``, ``conv1``: the pooled map),
+    ReLU after the pool (equal: ReLU is monotone; a quarter of the elements). ``pool_s2d`` computes
+    them space-to-depth (:func:`s2e_jax.convs.conv_max_pool`; the CPU default, :func:`get_model`).
     """
 
     num_classes: int = 10
     conv_impl: str = "xla"  # CONV_IMPLS: XLA's convolution or one of :mod:`s2e_jax.convs`
+    pool_s2d: bool = False  # each conv + pool as one space-to-depth convolution
 
     stem_name = "conv0"
     stem_kernel = 5
     stem_padding = "VALID"
-    # what follows the stem, per channel and without parameters: ReLU then 2x2 max-pool, computed
-    # as pool then ReLU (equal: ReLU is monotone; a quarter of the elements)
-    post_stem = staticmethod(lambda x: nn.relu(max_pool_2x2(x)))
+    stem_pool = True  # the stem layer includes a 2x2 max-pool (ConvPool)
+    post_stem = staticmethod(nn.relu)  # what follows the stem, per unit and without parameters
 
     @nn.compact
     def __call__(self, x, train: bool = False, skip_stem: bool = False):
+        layer = lambda f, name: ConvPool(f, 5, "VALID", self.conv_impl, self.pool_s2d, name=name)  # noqa: E731
         if not skip_stem:  # with skip_stem, x already is post_stem(conv0(x))
-            _check_spatial(x, 5, "model1")
-            x = self.post_stem(_conv(x.shape[-1], 6, 5, "VALID", "conv0", self.conv_impl)(x))
-        _check_spatial(x, 5, "model1")
-        x = nn.relu(max_pool_2x2(_conv(x.shape[-1], 16, 5, "VALID", "conv1", self.conv_impl)(x)))  # = pool(relu(.))
-        _check_spatial(x, 1, "model1")
+            _check_spatial(x, 6, "model1")
+            x = self.post_stem(layer(6, "conv0")(x))
+        _check_spatial(x, 6, "model1")
+        x = nn.relu(layer(16, "conv1")(x))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(_dense(x.shape[-1], 120, "dense0")(x))
         x = nn.relu(_dense(120, 84, "dense1")(x))
@@ -343,9 +385,10 @@ def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jn
     ``kernel`` and ``bias``; a whole params tree is also accepted). The kernels and biases are
     concatenated along the output-channel axis, one convolution is run on ``x`` and the result is
     split back: returns a list of N arrays, the k-th equal to ``model.post_stem`` of network k's
-    ``conv0``/``dense0`` output, ready for ``model.apply(..., skip_stem=True)``. ``post_stem`` (the
-    layers after the stem that act per channel and have no parameters: Model 1's ReLU and
-    max-pool, the MLP's ReLU) runs once on the fused output, before the split.
+    ``conv0``/``dense0`` output, ready for ``model.apply(..., skip_stem=True)``. Model 1's stem is
+    its first conv with its max-pool (:class:`ConvPool`); ``post_stem`` (what follows the stem
+    per unit, without parameters: Model 1's and the MLP's ReLU) runs once on the fused output,
+    before the split.
     """
     stems = [_stem_of(p, model.stem_name) for p in stem_params]
     if not stems:
@@ -353,11 +396,13 @@ def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jn
     kernel = jnp.concatenate([jnp.asarray(s["kernel"]) for s in stems], axis=-1)
     bias = jnp.concatenate([jnp.asarray(s["bias"]) for s in stems], axis=-1)
     if isinstance(model, MLP):
-        y = x.reshape((x.shape[0], -1)) @ kernel
+        y = x.reshape((x.shape[0], -1)) @ kernel + bias
+    elif getattr(model, "stem_pool", False):  # Model 1: conv + pool, one ConvPool layer
+        y = conv_pool(x, kernel, bias, model.stem_padding, model.conv_impl, model.pool_s2d)
     else:
-        conv = _CONV_FNS.get(getattr(model, "conv_impl", "xla"), jax.lax.conv_general_dilated)
-        y = conv(x, kernel, (1, 1), model.stem_padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y = model.post_stem(y + bias)
+        conv = _conv_fn(model.conv_impl)
+        y = conv(x, kernel, (1, 1), model.stem_padding, dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+    y = model.post_stem(y)
     sizes = [s["kernel"].shape[-1] for s in stems]
     splits = [sum(sizes[: k + 1]) for k in range(len(sizes) - 1)]
     return jnp.split(y, splits, axis=-1)
@@ -366,11 +411,13 @@ def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jn
 # ----------------------------------------------------------------------------------------------
 # registry / utilities
 # ----------------------------------------------------------------------------------------------
-def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: bool | None = None) -> nn.Module:
+def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: bool | None = None,
+              pool_s2d: bool | None = None) -> nn.Module:
     """Build a Table 4 network by name: 'mlp', 'model1', 'model2' or 'model3'; ``conv_impl`` (one of
     :data:`CONV_IMPLS`) is how the conv models compute a convolution (the MLP has none).
-    ``materialize`` (Models 2-3, whose conv inputs come from BatchNorm; :func:`materialized`):
-    None = on XLA's CPU backend only (measured there, not on a GPU)."""
+    ``materialize`` (Models 2-3, whose conv inputs come from BatchNorm; :func:`materialized`) and
+    ``pool_s2d`` (Model 1, each conv + pool space-to-depth; :func:`conv_pool`): None = on XLA's
+    CPU backend only (measured there, not on a GPU)."""
     from s2e_jax.config import ConfigError
 
     key = str(name).strip().lower()
@@ -382,10 +429,11 @@ def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: 
         raise ConfigError(f"conv_impl: unknown value {conv_impl!r} (expected one of {', '.join(CONV_IMPLS)})")
     if key == "mlp":
         return MLP(num_classes=num_classes)
+    cpu = jax.default_backend() == "cpu"
     if key == "model1":  # its second conv's input comes from a max-pool, which XLA stores anyway
-        return Model1(num_classes=num_classes, conv_impl=conv_impl)
+        return Model1(num_classes=num_classes, conv_impl=conv_impl, pool_s2d=cpu if pool_s2d is None else bool(pool_s2d))
     if materialize is None:
-        materialize = jax.default_backend() == "cpu"
+        materialize = cpu
     cls = {"model2": Model2, "model3": Model3}[key]
     return cls(num_classes=num_classes, conv_impl=conv_impl, materialize=bool(materialize))
 

@@ -74,7 +74,7 @@ class SearchConfig:
 def _identity(cfg: SearchConfig) -> dict:
     """What must match to resume into a directory (the data, the noise, the training, the seed)."""
     t = cfg.train.to_dict()
-    for k in ("out", "progress", "net_form", "driver", "conv_impl", "eval_batch_size", "memory_budget_mib"):
+    for k in ("out", "progress", "net_form", "driver", "conv_impl", "pool_s2d", "eval_batch_size", "memory_budget_mib"):
         t.pop(k, None)
     if t.get("precision") == "float32":  # the default: directories made before the field match
         t.pop("precision")

@@ -100,7 +100,7 @@ def _bf16_interceptor(next_fun, args, kwargs, context):
     float32 output included), so that every matmul/convolution of the network runs in bfloat16."""
     import flax.linen as nn
 
-    if context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.Conv)) and args:
+    if context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.Conv, models_lib.ConvPool)) and args:
         args = (jnp.asarray(args[0]).astype(jnp.bfloat16),) + tuple(args[1:])
     return next_fun(*args, **kwargs)
 
@@ -463,7 +463,8 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
         ds, is_clean = data_lib.apply_noise(ds, config.noise, config.noise_rate, seed=noise_seed)
     model_name = config.model if config.model != "auto" else models_lib.default_model(ds.name, ds.x_train.shape[-1])
     model = models_lib.get_model(model_name, ds.num_classes,
-                                 default_conv_impl() if config.conv_impl == "auto" else config.conv_impl)
+                                 default_conv_impl() if config.conv_impl == "auto" else config.conv_impl,
+                                 pool_s2d=None if config.pool_s2d == "auto" else config.pool_s2d == "on")
     form, driver = default_execution(model_name)
     spec = selection.get_rule(config.method, init_epochs=config.resolved_init_epochs())
     rate_, sched = schedule_of(config)

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from s2e_jax import convs, models
@@ -178,8 +179,9 @@ def test_feature_map_shapes(cases):
         _, state = case.evaluate(case.variables, case.x)
         return state["intermediates"][layer]["__call__"][0].shape
 
-    assert conv_out("model1", "conv0") == (2, 28, 28, 6)
-    assert conv_out("model1", "conv1") == (2, 10, 10, 16)
+    # Model 1's conv layers include their 2x2 max-pool (ConvPool): VALID 32 -> 28 -> 14, 14 -> 10 -> 5
+    assert conv_out("model1", "conv0") == (2, 14, 14, 6)
+    assert conv_out("model1", "conv1") == (2, 5, 5, 16)
     assert conv_out("model2", "conv1") == (2, 32, 32, 64)
     assert conv_out("model2", "conv5") == (2, 8, 8, 16)
     assert conv_out("model3", "conv5") == (2, 16, 16, 256)
@@ -249,12 +251,13 @@ def test_fused_stem_three_networks(cases):
     p = case.variables["params"]["conv0"]
     stems = [p, jax.tree_util.tree_map(lambda a: -a, p), jax.tree_util.tree_map(lambda a: 2 * a, p)]
     outs = fused_stem_jit(case.model, stems, case.x)
-    own = case.stem_out(case.variables)  # conv0's output; post_stem = relu(pool(.))
     post = case.model.post_stem
-    assert [o.shape for o in outs] == [post(own).shape] * 3
-    np.testing.assert_allclose(np.asarray(outs[0]), np.asarray(post(own)), atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(outs[1]), np.asarray(post(-own)), atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(outs[2]), 2 * np.asarray(post(own)), atol=1e-5, rtol=1e-5)
+    for stem, out in zip(stems, outs):  # each network's own conv0 (conv + pool), then ReLU
+        v = dict(case.variables, params=dict(case.variables["params"], conv0=stem))
+        own = post(case.stem_out(v))
+        assert out.shape == own.shape == (2, 14, 14, 6)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(own), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(outs[2]), 2 * np.asarray(outs[0]), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["model2", "model3"])
@@ -526,3 +529,80 @@ def test_materialized_is_exact_and_passes_gradients():
     np.testing.assert_array_equal(np.asarray(jax.jit(models.materialized)(x)), np.asarray(x))
     g = jax.grad(lambda a: (models.materialized(a) * jnp.arange(4.0).reshape(2, 2)).sum())(x)
     np.testing.assert_array_equal(np.asarray(g), np.arange(4.0).reshape(2, 2))
+
+
+# ----------------------------------------------------------------------------------- conv + pool
+def _conv_then_pool(x, w, padding):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return max_pool_2x2(y)
+
+
+@pytest.mark.parametrize("shape,kernel,padding", [
+    ((2, 32, 32, 3), (5, 5, 3, 12), "VALID"),   # Model 1's fused stem
+    ((2, 14, 14, 6), (5, 5, 6, 16), "VALID"),   # Model 1's second layer
+    ((3, 9, 11, 2), (3, 4, 2, 5), "VALID"),     # odd sizes, an even kernel width, non-square
+    ((2, 7, 8, 3), (3, 3, 3, 4), "SAME"),
+    ((1, 6, 6, 1), (5, 5, 1, 2), "VALID"),      # the smallest input: one pooled pixel
+])
+def test_conv_max_pool_equals_conv_then_pool(shape, kernel, padding):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(kernel), jnp.float32)
+    want = _conv_then_pool(x, w, padding)
+    got = jax.jit(convs.conv_max_pool, static_argnums=2)(x, w, padding)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-5)
+    loss = lambda f: lambda a, b: jnp.sum(jnp.sin(f(a, b, padding)))  # noqa: E731
+    for ga, gb in zip(jax.grad(loss(convs.conv_max_pool), (0, 1))(x, w), jax.grad(loss(_conv_then_pool), (0, 1))(x, w)):
+        np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), atol=1e-4, rtol=1e-4)
+
+
+def test_conv_max_pool_ties_share_the_gradient_and_errors():
+    x = jnp.ones((1, 4, 4, 1))  # every window of the 1x1 convolution ties
+    w = jnp.ones((1, 1, 1, 1))
+    g = jax.grad(lambda a: convs.conv_max_pool(a, w).sum())(x)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(jax.grad(lambda a: _conv_then_pool(a, w, "VALID").sum())(x)))
+    np.testing.assert_array_equal(np.asarray(g), np.ones((1, 4, 4, 1)))
+    with pytest.raises(ValueError, match="padding must be 'VALID' or 'SAME'"):
+        convs.conv_max_pool(x, w, "FULL")
+    with pytest.raises(ValueError, match="need more than a 5x5 input"):
+        convs.conv_max_pool(jnp.ones((1, 5, 5, 1)), jnp.ones((5, 5, 1, 1)))
+
+
+def test_model1_pool_s2d_is_the_same_network():
+    plain, s2d = get_model("model1", 10, pool_s2d=False), get_model("model1", 10, pool_s2d=True)
+    assert (plain.pool_s2d, s2d.pool_s2d) == (False, True)
+    assert get_model("model1", 10).pool_s2d is (jax.default_backend() == "cpu")
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 32, 32, 3)), jnp.float32)
+    v = s2d.init(jax.random.PRNGKey(0), x)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, v, plain.init(jax.random.PRNGKey(0), x))
+    y = jnp.arange(4) % 10
+
+    def loss(model):
+        return lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+
+    np.testing.assert_allclose(np.asarray(s2d.apply(v, x)), np.asarray(plain.apply(v, x)), atol=1e-5, rtol=1e-5)
+    ga, gb = jax.grad(loss(s2d))(v["params"]), jax.grad(loss(plain))(v["params"])
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4), ga, gb)
+    # the s2d form's convolutions see 4x the channels: 3 -> 12 (stem), 6 -> 24
+    jaxpr = str(jax.make_jaxpr(lambda a: s2d.apply(v, a))(x))
+    assert "f32[4,16,16,12]" in jaxpr and "f32[4,7,7,24]" in jaxpr
+
+
+def test_conv_pool_params_equal_nn_conv_params():
+    """ConvPool creates kernel and bias as nn.Conv does (names, shapes, init draws)."""
+    from s2e_jax.models import ConvPool, _conv
+
+    class A(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return ConvPool(6, 5, name="c")(x)
+
+    class B(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return _conv(x.shape[-1], 6, 5, "VALID", "c")(x)
+
+    x = jnp.ones((1, 12, 12, 3))
+    pa, pb = A().init(jax.random.PRNGKey(3), x), B().init(jax.random.PRNGKey(3), x)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, pa, pb)
