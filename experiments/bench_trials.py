@@ -263,6 +263,17 @@ class Execution:
     last: tuple = None             # (K, seconds, compile_s) of the last measured K
 
 
+def conv_spec(token):
+    """``--conv-impls`` token -> (TrainConfig.conv_impl, TrainConfig.pool_s2d): IMPL, IMPL+s2d (Model 1's
+    conv + pool as one space-to-depth convolution) or IMPL-s2d (not); "-" (the MLP): the defaults."""
+    if token == "-":
+        return "auto", "auto"
+    for suffix, s2d in (("+s2d", "on"), ("-s2d", "off")):
+        if token.endswith(suffix):
+            return token[: -len(suffix)], s2d
+    return token, "auto"
+
+
 def parse_execution(s, model):
     if s == "default":
         return train_lib.default_execution(model)
@@ -285,7 +296,8 @@ def bench_model(model, args, rows):
     def prep_of(form, driver, conv):
         key = (form, driver, conv)
         if key not in preps:
-            cfg = base.replace(net_form=form, driver=driver, conv_impl="auto" if conv == "-" else conv)
+            impl, s2d = conv_spec(conv)
+            cfg = base.replace(net_form=form, driver=driver, conv_impl=impl, pool_s2d=s2d)
             preps[key] = train_lib.prepare(cfg, dataset=ds)
         return preps[key]
 
@@ -426,7 +438,9 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=None, help="epochs per training (default 2; 1 with --quick)")
     p.add_argument("--conv-impls", default="xla",
                    help="comma list of xla, patches, blockdiag: Model 1's one program once per convolution implementation "
-                        "(TrainConfig.conv_impl; sequential runs use the default)")
+                        "(TrainConfig.conv_impl; sequential runs use the default); each may end in +s2d or -s2d: "
+                        "with or without Model 1's conv + pool as one space-to-depth convolution "
+                        "(TrainConfig.pool_s2d; default: on for the CPU)")
     p.add_argument("--sequential", default="default",
                    help="comma list of sequential executions: 'default' (default_execution) and/or FORM/DRIVER, "
                         "e.g. default,vmap/scan; the first is the reference of ratio and max_dacc (default: default)")
@@ -465,8 +479,9 @@ def parse_args(argv=None):
     if not args.models or any(m not in ("mlp", "model1") for m in args.models):
         p.error(f"--models: expected a comma list of mlp, model1, got {args.models}")
     args.conv_impls = [c.strip() for c in args.conv_impls.split(",") if c.strip()]
-    if not args.conv_impls or any(c not in ("xla", "patches", "blockdiag") for c in args.conv_impls):
-        p.error(f"--conv-impls: expected a comma list of xla, patches, blockdiag, got {args.conv_impls}")
+    if not args.conv_impls or any(conv_spec(c)[0] not in ("xla", "patches", "blockdiag") for c in args.conv_impls):
+        p.error(f"--conv-impls: expected a comma list of xla, patches, blockdiag (each optionally +s2d or -s2d), "
+                f"got {args.conv_impls}")
     args.sequential = [s.strip() for s in args.sequential.split(",") if s.strip()]
     for s in args.sequential:
         try:

@@ -17,18 +17,21 @@ step 40 python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__
 # (projected from the epochs run when 200 would take over 100 s)
 step 90 python3 experiments/bench_full.py --models model1 --epochs 200 --max-seconds 100 --out "$OUT/full.md"
 # 2. throughput against the PyTorch loop on the same GPU (the README's models, default execution)
-step 110 python3 experiments/bench_train.py --models mlp,model1,model2,model3 --forms auto \
+#    (Model 1 also with its conv + pool as one space-to-depth convolution: pool_s2d, 1.5x on the CPU)
+step 110 python3 experiments/bench_train.py --models mlp,model1,model2,model3 --forms auto --pool-s2d auto,on \
     --torch-threads default --steps mlp=200,model1=200,model2=40,model3=20 --repeats 3 --budget 20 \
     --n-eval 512 --out "$OUT/train"
 # 3. K trials in one program against K in sequence (target: 8 in one >= 4x 8 in sequence); on a GPU
 #    bench_trials trains on 25,600 images (200 steps per epoch) so fixed costs weigh as in a real training;
-#    Model 1's one program also with conv_impl=blockdiag (s2e_jax/convs.py), the candidate default
-step 150 python3 experiments/bench_trials.py --ks 1,8,32 --epochs 2 --budget 40 --conv-impls xla,blockdiag \
-    --out "$OUT/trials"
+#    Model 1's one program also with conv_impl=blockdiag (s2e_jax/convs.py) and with pool_s2d (+s2d:
+#    grouped convolutions of 12 -> 48 and 24 -> 64 channels per network instead of 3 -> 6 and 6 -> 16),
+#    the candidate defaults (train.default_conv_impl, models.get_model)
+step 180 python3 experiments/bench_trials.py --ks 1,8 --epochs 2 --budget 40 \
+    --conv-impls xla,blockdiag,xla+s2d,blockdiag+s2d --out "$OUT/trials"
 # 4. the floor: FLOPs per epoch, achieved FLOP/s, fraction of a measured matmul peak
-step 80 python3 experiments/bench_flops.py --repeats 2 --out "$OUT/flops.md"
+step 60 python3 experiments/bench_flops.py --repeats 2 --out "$OUT/flops.md"
 # 5. Model 1's convolutions for G = trials x 2 networks, computed several ways (why Model 1's trials
 #    scale less than the MLP's on a GPU; table in the log)
-step 80 python3 experiments/bench_conv_parts.py --gs 2,16,64 --iters 50 --repeats 3 \
+step 60 python3 experiments/bench_conv_parts.py --gs 2,16,64 --iters 50 --repeats 3 \
     --ways vmap,blockdiag,lib_blockdiag --model-impls xla,blockdiag
 echo "=== $(date -u +%T) done" | tee -a "$LOG"

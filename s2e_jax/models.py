@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from s2e_jax.convs import blockdiag_conv, conv_max_pool, patches_conv
+from s2e_jax.convs import blockdiag_conv, conv_max_pool, materialized, patches_conv
 
 _CONV_FNS = {"patches": patches_conv, "blockdiag": blockdiag_conv}
 
@@ -108,23 +108,6 @@ def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
     return nn.BatchNorm(
         use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
     )
-
-
-def materialized(x: jnp.ndarray) -> jnp.ndarray:
-    """``x / 1``, the 1 computed at run time: exact, and XLA's CPU backend then stores ``x`` once.
-
-    A convolution's input (BatchNorm, ReLU) has two consumers: the convolution and, in the
-    backward pass, the layout transpose that XLA's kernel gradient needs (channels first, batch
-    last). XLA's CPU fusion copies cheap elementwise producers into each consumer, and fused into
-    that transpose the recomputation makes it 4-5x slower than a plain transpose. A division is an
-    op XLA does not duplicate, so the transpose reads the stored input. Measured on the CPU for a
-    Model 2 network, forward + backward: 1,174 -> 1,049 ms (median of 12, interleaved), gradients
-    bit for bit equal. ``lax.optimization_barrier`` does not do it (removed before fusion on the CPU).
-    The 1 is sign(|x_0| + 1), which XLA cannot fold; a NaN in x_0 would spread, but BatchNorm
-    before every such input spreads it anyway.
-    """
-    one = jax.lax.stop_gradient(jnp.sign(jnp.abs(x.reshape(-1)[0]) + 1))
-    return x / one
 
 
 def _check_spatial(x: jnp.ndarray, size: int, model: str) -> None:
