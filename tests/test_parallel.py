@@ -217,3 +217,24 @@ def test_keys_of_all_trials_at_once_equal_seed_keys():
             n_ref, d_ref = T.seed_keys(s, 2)
             np.testing.assert_array_equal(net[i], np.asarray(n_ref), err_msg=str(s))
             np.testing.assert_array_equal(data[i], np.asarray(d_ref), err_msg=str(s))
+
+
+@pytest.mark.parametrize("pool_s2d", [False, True])
+def test_bfloat16_reaches_every_convolution_of_model1(pool_s2d):
+    """The bf16 interceptor casts the input of every Conv/Dense layer, ConvPool included: with the
+    parameters in bf16 (as Trainer.forward casts them), no convolution of Model 1 sees float32."""
+    import flax.linen as nn
+    from s2e_jax import models
+
+    model = models.get_model("model1", 10, pool_s2d=pool_s2d)
+    x = jnp.ones((2, 32, 32, 3), jnp.float32)
+    v = model.init(jax.random.PRNGKey(0), x)
+    v16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), v)
+
+    def fwd(v_, x_):
+        with nn.intercept_methods(T._bf16_interceptor):
+            return model.apply(v_, x_)
+
+    convs_ = [ln for ln in str(jax.make_jaxpr(fwd)(v16, x)).splitlines() if "conv_general_dilated[" in ln]
+    assert len(convs_) == 2 and all("f32[" not in ln and "bf16[" in ln for ln in convs_), convs_
+    assert fwd(v16, x).dtype == jnp.bfloat16
