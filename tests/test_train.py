@@ -178,6 +178,23 @@ def test_conv_impl_trains_like_xla(impl):
         cfg.replace(conv_impl="fft").validate()
 
 
+@pytest.mark.parametrize("form", ["fused", "vmap"])
+def test_pool_s2d_trains_like_conv_then_pool(form):
+    """``pool_s2d`` reaches the trainer's Model 1 (auto: on for the CPU) and gives the same epoch to
+    float rounding: the fused stem and the vmapped networks alike."""
+    ds = _cifar_like()
+    cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
+               net_form=form, driver="loop")
+    on, off = T.prepare(cfg.replace(pool_s2d="on"), ds), T.prepare(cfg.replace(pool_s2d="off"), ds)
+    assert (on.trainer.model.pool_s2d, off.trainer.model.pool_s2d) == (True, False)
+    assert T.prepare(cfg, ds).trainer.model.pool_s2d is (jax.default_backend() == "cpu")
+    ref, got = _run(off)[1], _run(on)[1]
+    for k in ("train_loss", "val_loss", "val_acc", "label_precision", "kept_fraction"):
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    with pytest.raises(ConfigError, match=r"pool_s2d: .*'yes'.*auto, on, off"):
+        cfg.replace(pool_s2d="yes").validate()
+
+
 def test_drivers_agree_conv():
     """One epoch as a lax.scan and as a Python loop of jitted steps give the same numbers."""
     ds = _cifar_like()
