@@ -197,7 +197,7 @@ def xla_temp_mib(prep, k=None):
     try:
         if k is not None:
             carry = _stack([train_lib.init_carry(prep, s) for s in range(k)])
-            lowered = train_lib._vmapped_epoch(tr).lower(carry, prep.data)
+            lowered = train_lib._vmapped_epoch(train_lib.one_program_trainer(prep)).lower(carry, prep.data)
         elif tr.driver == "scan":
             lowered = tr.epoch_fn.lower(train_lib.init_carry(prep, 0), prep.data)
         else:
@@ -440,7 +440,7 @@ def parse_args(argv=None):
                    help="comma list of xla, patches, blockdiag: Model 1's one program once per convolution implementation "
                         "(TrainConfig.conv_impl; sequential runs use the default); each may end in +s2d or -s2d: "
                         "with or without Model 1's conv + pool as one space-to-depth convolution "
-                        "(TrainConfig.pool_s2d; default: on for the CPU)")
+                        "(TrainConfig.pool_s2d; default: on for the CPU's loop driver, so off in the one program)")
     p.add_argument("--sequential", default="default",
                    help="comma list of sequential executions: 'default' (default_execution) and/or FORM/DRIVER, "
                         "e.g. default,vmap/scan; the first is the reference of ratio and max_dacc (default: default)")

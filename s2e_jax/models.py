@@ -400,7 +400,8 @@ def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: 
     :data:`CONV_IMPLS`) is how the conv models compute a convolution (the MLP has none).
     ``materialize`` (Models 2-3, whose conv inputs come from BatchNorm; :func:`materialized`) and
     ``pool_s2d`` (Model 1, each conv + pool space-to-depth; :func:`conv_pool`): None = on XLA's
-    CPU backend only (measured there, not on a GPU)."""
+    CPU backend only (measured there, not on a GPU; ``train.prepare`` resolves ``TrainConfig.pool_s2d``
+    "auto" by the driver too: :func:`s2e_jax.train.resolve_pool_s2d`)."""
     from s2e_jax.config import ConfigError
 
     key = str(name).strip().lower()

@@ -352,7 +352,9 @@ def run_trials(prep, scheds, seeds, epochs: Optional[int] = None, mesh: Optional
     ``memory_budget_mib`` to ``prep.config.memory_budget_mib`` then :func:`memory_budget`'s defaults.
     """
     t_start = time.perf_counter()
-    tr = prep.trainer
+    from s2e_jax.train import one_program_trainer
+
+    tr = one_program_trainer(prep)
     epochs = tr.epochs if epochs is None else int(epochs)
     scheds = np.asarray(scheds, np.float32)
     seeds = [int(s) for s in seeds]

@@ -420,6 +420,33 @@ def default_conv_impl(backend: Optional[str] = None) -> str:
     return "xla"
 
 
+def resolve_pool_s2d(setting: str, driver: str, backend: Optional[str] = None) -> bool:
+    """``TrainConfig.pool_s2d`` -> Model 1's ``pool_s2d`` (each conv + pool as one space-to-depth
+    convolution, :func:`s2e_jax.convs.conv_max_pool`): "on" / "off" as said; "auto" where measured
+    faster, i.e. on XLA's CPU backend with the ``loop`` driver (experiments/cpu_model1/: 1.5x). Inside
+    ``lax.scan`` there (the ``scan`` driver, K trials in one program) its convolutions took XLA's slow
+    path: ~3x slower than without, so off; off on GPUs/TPUs (not yet measured)."""
+    if setting != "auto":
+        return setting == "on"
+    return (backend or jax.default_backend()) == "cpu" and driver == "loop"
+
+
+def one_program_trainer(prep: "Prepared") -> Trainer:
+    """The trainer K trials in one program run (``vmap`` of the ``lax.scan`` epoch): ``prep.trainer``,
+    or, where ``pool_s2d`` is "auto" and resolves otherwise for the scan driver, the same trainer with
+    Model 1's ``pool_s2d`` so resolved (made once per ``prep``; same parameters, same results to
+    float rounding)."""
+    tr = prep.trainer
+    want = resolve_pool_s2d(getattr(prep.config, "pool_s2d", "auto"), "scan")
+    if getattr(tr.model, "pool_s2d", want) == want:
+        return tr
+    cached = prep.__dict__.get("_one_program_trainer")
+    if cached is None:
+        cached = dataclasses.replace(tr, model=tr.model.clone(pool_s2d=want))
+        prep.__dict__["_one_program_trainer"] = cached
+    return cached
+
+
 @dataclasses.dataclass
 class Prepared:
     """What a training needs, built once: the trainer, the device data and the schedule."""
@@ -462,10 +489,12 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
         noise_seed = config.seed if config.noise_seed is None else config.noise_seed
         ds, is_clean = data_lib.apply_noise(ds, config.noise, config.noise_rate, seed=noise_seed)
     model_name = config.model if config.model != "auto" else models_lib.default_model(ds.name, ds.x_train.shape[-1])
+    form, driver = default_execution(model_name)
+    form = form if config.net_form == "auto" else config.net_form
+    driver = driver if config.driver == "auto" else config.driver
     model = models_lib.get_model(model_name, ds.num_classes,
                                  default_conv_impl() if config.conv_impl == "auto" else config.conv_impl,
-                                 pool_s2d=None if config.pool_s2d == "auto" else config.pool_s2d == "on")
-    form, driver = default_execution(model_name)
+                                 pool_s2d=resolve_pool_s2d(config.pool_s2d, driver))
     spec = selection.get_rule(config.method, init_epochs=config.resolved_init_epochs())
     rate_, sched = schedule_of(config)
     rate = rate_ if rate is None else rate
@@ -473,8 +502,7 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
                       batch_size=config.batch_size,
                       n_train=len(ds.y_train), lr=config.lr, decay_start=config.decay_start,
                       beta1=config.beta1, beta1_late=config.beta1_late,
-                      net_form=form if config.net_form == "auto" else config.net_form,
-                      driver=driver if config.driver == "auto" else config.driver,
+                      net_form=form, driver=driver,
                       eval_batch_size=config.eval_batch_size, sample_loss=spec.sample_loss,
                       weights_fn=spec.weights_fn, precision=config.precision)
     noise_info = dict(actual_noise_rate=float(1.0 - is_clean.mean()), n_train=int(len(ds.y_train)),

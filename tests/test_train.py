@@ -253,3 +253,28 @@ def test_channel_stats_are_exact_for_large_uint8_data():
         np.testing.assert_allclose(std, ref.std(0) + 1e-6, rtol=1e-5, atol=1e-7)
     f = x.astype(np.float32)   # not uint8: the same numbers the slow way
     np.testing.assert_allclose(T.channel_stats(f)[0], T.channel_stats(x)[0], rtol=1e-6)
+
+
+def test_pool_s2d_auto_follows_the_driver_and_the_one_program():
+    """"auto" is on only where measured faster: the CPU's loop driver; the scan driver and K trials in
+    one program (a vmapped lax.scan) get Model 1 without it, with the same parameters and results."""
+    cpu = jax.default_backend() == "cpu"
+    assert T.resolve_pool_s2d("auto", "loop", "cpu") and not T.resolve_pool_s2d("auto", "scan", "cpu")
+    assert not T.resolve_pool_s2d("auto", "loop", "gpu")
+    assert T.resolve_pool_s2d("on", "scan", "gpu") and not T.resolve_pool_s2d("off", "loop", "cpu")
+    ds = _cifar_like()
+    cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
+               net_form="fused", driver="loop")
+    loop = T.prepare(cfg, ds)
+    assert loop.trainer.model.pool_s2d is cpu
+    assert T.prepare(cfg.replace(driver="scan"), ds).trainer.model.pool_s2d is False
+    one = T.one_program_trainer(loop)
+    assert one.model.pool_s2d is False and T.one_program_trainer(loop) is one  # made once
+    assert one.net_form == loop.trainer.net_form and one.epochs == loop.trainer.epochs
+    forced = T.prepare(cfg.replace(pool_s2d="on"), ds)
+    assert T.one_program_trainer(forced) is forced.trainer  # "on" is kept
+    scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0]], np.float32)
+    many = T.train_trials(loop, scheds, [3, 4], one_program=True)
+    seq = T.train_trials(loop, scheds, [3, 4], one_program=False)
+    for k in ("train_loss", "val_loss", "label_precision"):
+        np.testing.assert_allclose(many[k], seq[k], rtol=1e-4, atol=1e-6, err_msg=k)
