@@ -24,7 +24,7 @@ step 110 python3 experiments/bench_train.py --models mlp,model1,model2,model3 --
 # 3. K trials in one program against K in sequence (target: 8 in one >= 4x 8 in sequence); on a GPU
 #    bench_trials trains on 25,600 images (200 steps per epoch) so fixed costs weigh as in a real training;
 #    Model 1's one program also with conv_impl=blockdiag (s2e_jax/convs.py) and with pool_s2d (+s2d:
-#    grouped convolutions of 12 -> 48 and 24 -> 64 channels per network instead of 3 -> 6 and 6 -> 16),
+#    grouped convolutions of 12 -> 24 and 24 -> 64 channels per network instead of 3 -> 6 and 6 -> 16),
 #    the candidate defaults (train.default_conv_impl, models.get_model)
 step 180 python3 experiments/bench_trials.py --ks 1,8 --epochs 2 --budget 40 \
     --conv-impls xla,blockdiag,xla+s2d,blockdiag+s2d --out "$OUT/trials"
