@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 from s2e_jax import convs  # noqa: E402
 from s2e_jax import models as models_lib  # noqa: E402
+from s2e_jax import train as train_lib  # noqa: E402
 
 DN = ("NHWC", "HWIO", "NHWC")
 LAYERS = {"conv0": (32, 3, 6), "conv1": (14, 6, 16)}  # Model 1: input size, in, out channels (5x5 VALID)
@@ -100,7 +101,8 @@ def layer_step(way, xs):
 
 
 def model_step(g, batch, x, impl="xla"):
-    model = models_lib.get_model("model1", 10, conv_impl=impl)
+    # pool_s2d as K trials in one program run it (train.one_program_trainer: a vmapped lax.scan)
+    model = models_lib.get_model("model1", 10, conv_impl=impl, pool_s2d=train_lib.resolve_pool_s2d("auto", "scan"))
     keys = jax.random.split(jax.random.PRNGKey(0), g)
     params = jax.vmap(lambda k: model.init({"params": k}, x[0, :1])["params"])(keys)
 

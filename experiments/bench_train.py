@@ -150,6 +150,8 @@ class JaxRunner:
 
     def __init__(self, ds, is_clean, model_name, form, driver, n_eval, seed=0, precision="float32",
                  conv_impl=None, pool_s2d=None):
+        if pool_s2d is None:  # TrainConfig.pool_s2d "auto", as train.prepare resolves it
+            pool_s2d = train_lib.resolve_pool_s2d("auto", driver)
         model = models_lib.get_model(model_name, ds.num_classes, conv_impl or train_lib.default_conv_impl(),
                                      pool_s2d=pool_s2d)
         self.trainer = train_lib.Trainer(model, 2, selection.coteaching_rule, schedules.coteaching_rate,
@@ -621,7 +623,7 @@ def main(argv=None):
         for (form, driver), pool in [(pair, pool) for pair in pairs for pool in pools]:
             name = f"jax {form}/{driver}" + ("" if pool == "auto" else f" s2d={pool}")
             runners[name] = JaxRunner(ds, is_clean, model, form, driver, args.n_eval, precision=args.precision,
-                                      conv_impl=args.conv_impl, pool_s2d=None if pool == "auto" else pool == "on")
+                                      conv_impl=args.conv_impl, pool_s2d=train_lib.resolve_pool_s2d(pool, driver))
             default = ((form, driver) == train_lib.default_execution(model)
                        and args.conv_impl in (None, train_lib.default_conv_impl()) and pool == "auto")
             meta[name] = dict(impl="jax" + (" (default)" if default else "")

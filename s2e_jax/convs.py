@@ -22,7 +22,8 @@ A convolution followed by a 2x2 max-pool (Model 1's two layers) can also be comp
 rearranged space-to-depth (:func:`conv_max_pool`): a 2x2 block of pixels becomes 4x the channels and
 the kernel becomes the four output phases side by side, so the pool is an elementwise max of four
 channel blocks. Fewer, wider channels suit XLA's CPU convolutions (3 -> 6 channels is their worst
-case); the arithmetic grows by ((k+1)/k)^2 for a k x k kernel (1.44x for 5x5).
+case); the arithmetic grows by ((k+1)/k)^2 for an odd k x k kernel (1.44x for 5x5), ((k+2)/k)^2 for
+an even one.
 
 :func:`materialized` makes XLA's CPU backend store a convolution's input instead of recomputing it
 inside the layout transpose of the kernel gradient (Models 2 and 3).
@@ -328,5 +329,5 @@ def conv_max_pool(x, kernel, padding="VALID", conv=None):
     # crop to 2hs x 2ws (or pad: the extra row/column meets only zero taps)
     x = jnp.pad(x[:, : 2 * hs, : 2 * ws], ((0, 0), (0, max(2 * hs - h, 0)), (0, max(2 * ws - w, 0)), (0, 0)))
     xs = x.reshape(b, hs, 2, ws, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hs, ws, 4 * c)
-    y = conv(xs, space_to_depth_kernel(kernel).astype(x.dtype), (1, 1), "VALID", dimension_numbers=DN)
+    y = conv(xs, space_to_depth_kernel(kernel), (1, 1), "VALID", dimension_numbers=DN)
     return _phase_max(y)

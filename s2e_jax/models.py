@@ -27,8 +27,8 @@ Choices taken from the released code of the papers Table 4 cites (documented whe
   ``reduce_window`` is slow on CPU. ReLU then max-pool is computed as max-pool then ReLU (equal,
   a quarter of the elements), and the layers after the stem that act per channel without
   parameters are each model's ``post_stem``, so a fused stem runs them once for all networks.
-* Model 1's conv + pool pairs are one layer each (:class:`ConvPool`), on the CPU computed as one
-  space-to-depth convolution (:func:`s2e_jax.convs.conv_max_pool`).
+* Model 1's conv + pool pairs are one layer each (:class:`ConvPool`), on the CPU's loop driver
+  computed as one space-to-depth convolution (:func:`s2e_jax.convs.conv_max_pool`, ``pool_s2d``).
 """
 from __future__ import annotations
 
@@ -195,6 +195,7 @@ class ConvPool(nn.Module):
         init = _torch_uniform(k * k * ci)
         kernel = self.param("kernel", init, (k, k, ci, self.features))
         bias = self.param("bias", init, (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)  # as nn.Conv
         return conv_pool(x, kernel, bias, self.padding, self.conv_impl, self.s2d)
 
 

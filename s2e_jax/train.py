@@ -425,7 +425,7 @@ def resolve_pool_s2d(setting: str, driver: str, backend: Optional[str] = None) -
     convolution, :func:`s2e_jax.convs.conv_max_pool`): "on" / "off" as said; "auto" where measured
     faster, i.e. on XLA's CPU backend with the ``loop`` driver (experiments/cpu_model1/: 1.5x). Inside
     ``lax.scan`` there (the ``scan`` driver, K trials in one program) its convolutions took XLA's slow
-    path: ~3x slower than without, so off; off on GPUs/TPUs (not yet measured)."""
+    path: 1.4-3x slower than without, so off; off on GPUs/TPUs (not yet measured)."""
     if setting != "auto":
         return setting == "on"
     return (backend or jax.default_backend()) == "cpu" and driver == "loop"

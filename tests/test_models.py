@@ -219,7 +219,7 @@ def test_skip_stem_equals_full_path(cases, name):
         np.testing.assert_allclose(np.asarray(h), np.asarray(ref), atol=1e-5, rtol=1e-5)
     else:
         assert h.shape[-1] == stem["kernel"].shape[-1]
-    # skip_stem takes what follows the stem's post_stem (Model 1: pool + ReLU, MLP: ReLU)
+    # skip_stem takes what follows the stem's post_stem (Model 1, whose stem includes the pool, and the MLP: ReLU)
     skipped = case.skipped(case.variables, case.model.post_stem(h))
     np.testing.assert_allclose(np.asarray(skipped), np.asarray(full), atol=1e-5, rtol=1e-5)
 
@@ -418,12 +418,16 @@ def test_patches_conv_hands_other_convolutions_to_xla():
 def test_conv_impl_gives_the_same_network(name, impl):
     xla, pat = get_model(name, 10), get_model(name, 10, conv_impl=impl)
     assert (xla.conv_impl, pat.conv_impl) == ("xla", impl)
+    pairs = [(xla, pat)]
+    if name == "model1":  # both forms of its conv + pool layers (pool_s2d)
+        pairs += [(get_model(name, 10, pool_s2d=s), get_model(name, 10, conv_impl=impl, pool_s2d=s)) for s in (False, True)]
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
     v = init(xla, x.shape)[0]
-    np.testing.assert_allclose(np.asarray(pat.apply(v, x)), np.asarray(xla.apply(v, x)), atol=1e-5, rtol=1e-4)
-    stem = v["params"]["conv0"]
-    for a, b in zip(fused_stem(pat, [stem, stem], x), fused_stem(xla, [stem, stem], x)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+    for xla, pat in pairs:
+        np.testing.assert_allclose(np.asarray(pat.apply(v, x)), np.asarray(xla.apply(v, x)), atol=1e-5, rtol=1e-4)
+        stem = v["params"]["conv0"]
+        for a, b in zip(fused_stem(pat, [stem, stem], x), fused_stem(xla, [stem, stem], x)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
 
 
 def test_conv_impl_errors():
@@ -542,6 +546,7 @@ def _conv_then_pool(x, w, padding):
     ((2, 14, 14, 6), (5, 5, 6, 16), "VALID"),   # Model 1's second layer
     ((3, 9, 11, 2), (3, 4, 2, 5), "VALID"),     # odd sizes, an even kernel width, non-square
     ((2, 7, 8, 3), (3, 3, 3, 4), "SAME"),
+    ((2, 7, 8, 3), (4, 2, 3, 4), "SAME"),       # SAME with even kernel sizes
     ((1, 6, 6, 1), (5, 5, 1, 2), "VALID"),      # the smallest input: one pooled pixel
 ])
 def test_conv_max_pool_equals_conv_then_pool(shape, kernel, padding):
@@ -606,3 +611,10 @@ def test_conv_pool_params_equal_nn_conv_params():
     x = jnp.ones((1, 12, 12, 3))
     pa, pb = A().init(jax.random.PRNGKey(3), x), B().init(jax.random.PRNGKey(3), x)
     jax.tree_util.tree_map(np.testing.assert_array_equal, pa, pb)
+    # mixed dtypes promote as nn.Conv's do (float32 input, bfloat16 parameters), in both forms
+    p16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), pa["params"]["c"])
+    want = B().apply({"params": {"c": p16}}, x)
+    for s2d in (False, True):
+        got = ConvPool(6, 5, s2d=s2d).apply({"params": p16}, x)
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got), np.asarray(max_pool_2x2(want)), atol=1e-5, rtol=1e-5)

@@ -275,6 +275,7 @@ def test_pool_s2d_auto_follows_the_driver_and_the_one_program():
     assert T.one_program_trainer(forced) is forced.trainer  # "on" is kept
     scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0]], np.float32)
     many = T.train_trials(loop, scheds, [3, 4], one_program=True)
+    assert "_sharded" in one.__dict__ and "_sharded" not in loop.trainer.__dict__  # ran the derived one
     seq = T.train_trials(loop, scheds, [3, 4], one_program=False)
     for k in ("train_loss", "val_loss", "label_precision"):
         np.testing.assert_allclose(many[k], seq[k], rtol=1e-4, atol=1e-6, err_msg=k)
