@@ -312,9 +312,9 @@ def conv_max_pool(x, kernel, padding="VALID", conv=None):
     gradient, as ``models.max_pool_2x2``. ``conv`` is the ``conv_general_dilated`` to use (XLA's by
     default; :func:`blockdiag_conv` etc. work too).
 
-    Measured on a 2-core CPU (XLA + YNNPACK, batch 128): Model 1's first layer (3 -> 6 channels,
-    two networks fused: 12) forward 10.4 -> 3.5 ms, forward + kernel gradient 18 -> 12 ms; its
-    second (6 -> 16) forward + both gradients 8.6 -> 4.6 ms."""
+    Measured on a 2-core CPU (XLA + YNNPACK, batch 128, experiments/bench_model1_layers.py): Model
+    1's first layer (3 -> 6 channels, two networks fused: 12) forward 15.8 -> 5.6 ms, forward +
+    kernel gradient 20.6 -> 12.6 ms; its second (6 -> 16) forward + both gradients 14.4 -> 6.5 ms."""
     conv = jax.lax.conv_general_dilated if conv is None else conv
     kh, kw = kernel.shape[:2]
     if padding == "SAME":  # SAME for stride 1: (k - 1) zeros split low/high, then VALID
