@@ -618,3 +618,24 @@ def test_conv_pool_params_equal_nn_conv_params():
         got = ConvPool(6, 5, s2d=s2d).apply({"params": p16}, x)
         assert got.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(got), np.asarray(max_pool_2x2(want)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["xla", "blockdiag"])
+def test_pool_s2d_under_nested_vmap_of_trials_and_networks(impl):
+    """What K trials in one program run on a GPU with pool_s2d on: vmap over trials of vmap over
+    networks, each with its own input; values and gradients equal the plain layers'."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 2, 3, 32, 32, 3)), jnp.float32)  # [trials, nets, B, ...]
+    y = jnp.asarray(rng.integers(0, 10, (2, 2, 3)))
+    plain, s2d = get_model("model1", 10, pool_s2d=False), get_model("model1", 10, conv_impl=impl, pool_s2d=True)
+    keys = jax.random.split(jax.random.PRNGKey(0), 4).reshape(2, 2, 2)
+    params = jax.vmap(jax.vmap(lambda k: plain.init(k, x[0, 0])["params"]))(keys)
+
+    def loss(model):
+        def one(p, xx, yy):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, xx), yy).mean()
+        return jax.jit(jax.grad(lambda p: jax.vmap(jax.vmap(one))(p, x, y).sum()))
+
+    got, want = loss(s2d)(params), loss(plain)(params)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4),
+                           got, want)
