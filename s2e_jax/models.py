@@ -56,6 +56,7 @@ __all__ = [
     "max_pool_2x2",
     "materialized",
     "ConvPool",
+    "conv_pool",
     "CONV_IMPLS",
 ]
 
