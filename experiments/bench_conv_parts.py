@@ -17,6 +17,7 @@ nudged by their gradients, so nothing is hoisted; time per iteration, median of 
 * ``blockdiag``: one dense convolution over the G inputs stacked along channels with a
   block-diagonal kernel (G times the FLOPs, no groups);
 * ``patches``: ``convs.patches_conv`` (image patches x kernel, a batched matmul) under vmap;
+* ``slices``: ``convs.slices_conv`` (the same with patches from strided slices, no convolution) under vmap;
 * ``lib_blockdiag``: ``convs.blockdiag_conv`` under vmap (``conv_impl='blockdiag'``: the block-diagonal
   stacking as a batching rule, with its own input and kernel gradients, in chunks of at most
   ``convs.BLOCKDIAG_MAX_CHANNELS`` channels).
@@ -65,6 +66,8 @@ def grouped(way):
         return jax.vmap(conv_nchw)
     if way == "patches":
         return jax.vmap(lambda x, w: convs.patches_conv(x, w, (1, 1), "VALID", dimension_numbers=DN))
+    if way == "slices":
+        return jax.vmap(lambda x, w: convs.slices_conv(x, w, (1, 1), "VALID", dimension_numbers=DN))
     if way == "lib_blockdiag":
         return jax.vmap(lambda x, w: convs.blockdiag_conv(x, w, (1, 1), "VALID", dimension_numbers=DN))
     if way == "unroll":
@@ -119,7 +122,7 @@ def model_step(g, batch, x, impl="xla"):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gs", default="2,16", help="comma list of G (networks: trials x 2)")
-    p.add_argument("--ways", default="vmap,vmap_nchw,unroll,blockdiag,patches,lib_blockdiag")
+    p.add_argument("--ways", default="vmap,vmap_nchw,unroll,blockdiag,patches,slices,lib_blockdiag")
     p.add_argument("--model-impls", default="xla,blockdiag", help="conv_impl of the whole-network rows")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--iters", type=int, default=50)

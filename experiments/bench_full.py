@@ -41,6 +41,7 @@ import jax  # noqa: E402
 from s2e_jax import data as data_lib  # noqa: E402
 from s2e_jax import train as train_lib  # noqa: E402
 from s2e_jax.config import TrainConfig  # noqa: E402
+from s2e_jax.models import CONV_IMPLS  # noqa: E402
 
 # the paper's data shapes per model (Table 4: MLP on MNIST, Models 1-2 on CIFAR-10, 3 on CIFAR-100)
 SHAPES = dict(mlp=("MNIST", (28, 28, 1), 10, 60000, 10000), model1=("CIFAR-10", (32, 32, 3), 10, 50000, 10000),
@@ -120,7 +121,7 @@ def main(argv=None):
     p.add_argument("--n-train", type=int, default=None, help="training images (default: the data set's)")
     p.add_argument("--n-test", type=int, default=None, help="test images, halved into val/test (default: the data set's)")
     p.add_argument("--precision", default="float32", help="float32 | bfloat16")
-    p.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches", "blockdiag"),
+    p.add_argument("--conv-impl", default="auto", choices=("auto",) + CONV_IMPLS,
                    help="TrainConfig.conv_impl (default auto)")
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
     a = p.parse_args(argv)

@@ -427,7 +427,7 @@ def parse_args(argv=None):
                    help="comma list of net_form: vmap, unroll, fused, or 'auto' (the backend's default "
                         "execution, s2e_jax.train.default_execution; --drivers is then ignored for it)")
     p.add_argument("--precision", default="float32", help="JAX compute precision: float32 | bfloat16")
-    p.add_argument("--conv-impl", default=None, choices=("xla", "patches", "blockdiag"),
+    p.add_argument("--conv-impl", default=None, choices=models_lib.CONV_IMPLS,
                    help="how JAX computes convolutions (TrainConfig.conv_impl; default: default_conv_impl)")
     p.add_argument("--pool-s2d", default="auto",
                    help="comma list of auto, on, off: Model 1 with each conv + pool as one space-to-depth "

@@ -95,6 +95,7 @@ from s2e_jax import data as data_lib  # noqa: E402
 from s2e_jax import parallel  # noqa: E402
 from s2e_jax import train as train_lib  # noqa: E402
 from s2e_jax.config import TrainConfig  # noqa: E402
+from s2e_jax.models import CONV_IMPLS  # noqa: E402
 
 BATCH = 128
 NUM_CLASSES = 10
@@ -437,7 +438,7 @@ def parse_args(argv=None):
     p.add_argument("--models", default="mlp,model1", help="comma list of: mlp, model1")
     p.add_argument("--epochs", type=int, default=None, help="epochs per training (default 2; 1 with --quick)")
     p.add_argument("--conv-impls", default="xla",
-                   help="comma list of xla, patches, blockdiag: Model 1's one program once per convolution implementation "
+                   help="comma list of xla, patches, slices, blockdiag: Model 1's one program once per convolution implementation "
                         "(TrainConfig.conv_impl; sequential runs use the default); each may end in +s2d or -s2d: "
                         "with or without Model 1's conv + pool as one space-to-depth convolution "
                         "(TrainConfig.pool_s2d; default: on for the CPU's loop driver, so off in the one program)")
@@ -479,8 +480,8 @@ def parse_args(argv=None):
     if not args.models or any(m not in ("mlp", "model1") for m in args.models):
         p.error(f"--models: expected a comma list of mlp, model1, got {args.models}")
     args.conv_impls = [c.strip() for c in args.conv_impls.split(",") if c.strip()]
-    if not args.conv_impls or any(conv_spec(c)[0] not in ("xla", "patches", "blockdiag") for c in args.conv_impls):
-        p.error(f"--conv-impls: expected a comma list of xla, patches, blockdiag (each optionally +s2d or -s2d), "
+    if not args.conv_impls or any(conv_spec(c)[0] not in CONV_IMPLS for c in args.conv_impls):
+        p.error(f"--conv-impls: expected a comma list of {', '.join(CONV_IMPLS)} (each optionally +s2d or -s2d), "
                 f"got {args.conv_impls}")
     args.sequential = [s.strip() for s in args.sequential.split(",") if s.strip()]
     for s in args.sequential:

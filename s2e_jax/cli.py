@@ -33,7 +33,7 @@ def _add_train_args(p: argparse.ArgumentParser):
     p.add_argument("--net-form", default=d.net_form, help="auto | vmap | unroll | fused")
     p.add_argument("--driver", default=d.driver, help="auto | scan | loop")
     p.add_argument("--conv-impl", default=d.conv_impl,
-                   help="auto | xla | patches | blockdiag: how convolutions of many networks are computed "
+                   help="auto | xla | patches | slices | blockdiag: how convolutions of many networks are computed "
                         "(s2e_jax/convs.py)")
     p.add_argument("--pool-s2d", default=d.pool_s2d,
                    help="auto | on | off: Model 1's conv + 2x2 max-pool as one space-to-depth convolution "

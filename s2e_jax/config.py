@@ -26,7 +26,7 @@ MODELS = ("auto", "mlp", "model1", "model2", "model3")
 NET_FORMS = ("auto", "vmap", "unroll", "fused")
 DRIVERS = ("auto", "scan", "loop")
 PRECISIONS = ("float32", "bfloat16")
-CONV_IMPLS = ("auto", "xla", "patches", "blockdiag")
+CONV_IMPLS = ("auto", "xla", "patches", "slices", "blockdiag")
 POOL_S2D = ("auto", "on", "off")
 
 
@@ -89,7 +89,7 @@ class TrainConfig:
     seed: int = 0
     net_form: str = "auto"             # how the network axis is computed: vmap | unroll | fused
     driver: str = "auto"               # epoch driver: scan (one jitted lax.scan) | loop (jitted steps)
-    conv_impl: str = "auto"            # convolutions: xla | patches | blockdiag (s2e_jax/convs.py)
+    conv_impl: str = "auto"            # convolutions: xla | patches | slices | blockdiag (s2e_jax/convs.py)
     pool_s2d: str = "auto"             # Model 1's conv + pool as one space-to-depth conv: on | off (auto: CPU, loop driver)
     eval_batch_size: int = 1000
     precision: str = "float32"         # float32 | bfloat16 (bf16 compute, float32 master weights)

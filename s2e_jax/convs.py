@@ -10,6 +10,8 @@ convolutions computed another way; every one equals ``lax.conv_general_dilated``
 reassociation (tested):
 
 * :func:`patches_conv` — image patches (``conv_general_dilated_patches``) times the kernel, one matmul;
+* :func:`slices_conv` — the same product with the patches built from kh*kw strided slices (copies
+  XLA fuses into one loop; no convolution anywhere, forward or backward);
 * :func:`blockdiag_conv` — a convolution whose batching rule (``jax.custom_batching.custom_vmap``)
   stacks G networks into ONE dense convolution: networks that share their input get their kernels
   side by side (G x Cout output channels, no extra work); networks with their own inputs get the
@@ -35,7 +37,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-__all__ = ["patches_conv", "blockdiag_conv", "conv_max_pool", "space_to_depth_kernel", "materialized",
+__all__ = ["patches_conv", "slices_conv", "blockdiag_conv", "conv_max_pool", "space_to_depth_kernel", "materialized",
            "BLOCKDIAG_MAX_CHANNELS"]
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -96,6 +98,35 @@ def patches_conv(lhs, rhs, window_strides, padding, precision=None):
         precision=precision)  # [B, H', W', cin*kh*kw], features ordered (cin, kh, kw)
     w = rhs.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout)
     return jnp.einsum("bhwp,po->bhwo", patches, w, precision=precision)
+
+
+@_conv_impl
+def slices_conv(lhs, rhs, window_strides, padding, precision=None):
+    """``lax.conv_general_dilated`` for NHWC/HWIO as kh*kw strided slices of the (padded) input side
+    by side along the channels, times the kernel: one matmul.
+
+    Unlike :func:`patches_conv`, building the patches is no convolution (XLA's patches op is one,
+    with a constant kernel of kh*kw*cin output channels) but slices and a concatenation, which XLA
+    fuses into one loop; their gradient is pads and adds. Under ``vmap`` over networks the product is
+    a dense matmul: networks that share their input (Co-teaching's first layer) have their kernels
+    side by side in one matrix, networks with their own inputs a batched matmul (cuBLAS's strided
+    batched GEMM on a GPU) instead of a grouped convolution.
+    """
+    kh, kw, cin, cout = rhs.shape
+    sh, sw = (int(s) for s in window_strides)
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
+    (t, b), (l, r) = ((int(lo), int(hi)) for lo, hi in padding)
+    x = jax.lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (t, b, 0), (l, r, 0), (0, 0, 0)))
+    ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"slices_conv: a {kh}x{kw} kernel does not fit the padded input "
+                         f"{x.shape[1]}x{x.shape[2]}")
+    cols = [jax.lax.slice(x, (0, i, j, 0), (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, cin),
+                          (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(cols, axis=-1)  # [B, H', W', kh*kw*cin], features ordered (kh, kw, cin)
+    return jnp.einsum("bhwp,po->bhwo", patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
 
 
 # ----------------------------------------------------------------------------------- block-diagonal

@@ -104,7 +104,8 @@ def load_tfds(name, data_dir=None):
     try:
         train, test = tfds.data_source(
             name, split=["train", "test"], data_dir=data_dir, download=False)
-    except (AssertionError, KeyError, RuntimeError, OSError, ValueError) as err:
+    except (AssertionError, KeyError, RuntimeError, OSError, ValueError, ImportError) as err:
+        # (older tfds, 4.9.4-4.9.7, import TensorFlow when the data is missing: ModuleNotFoundError)
         where = data_dir if data_dir is not None else "the default tfds data_dir"
         raise ConfigError(
             f"dataset: '{name}' is not prepared in array_record format in {where}; run "
@@ -162,7 +163,7 @@ def load_npz(path):
         raise ConfigError(f"dataset: file not found: {path}")
     try:
         f = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ImportError) as err:
         raise ConfigError(f"dataset: cannot read {path} as an .npz file: {err}") from err
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise ConfigError(f"dataset: {path} is a single .npy array, expected an .npz archive")
@@ -221,7 +222,7 @@ def apply_label_file(ds, path):
         raise ConfigError(f"label_file: file not found: {path}")
     try:
         labels = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ImportError) as err:
         raise ConfigError(f"label_file: cannot read {path} as an .npy file: {err}") from err
     if not isinstance(labels, np.ndarray):
         raise ConfigError(f"label_file: {path} is an .npz archive, expected a single .npy array")

@@ -39,9 +39,9 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from s2e_jax.convs import blockdiag_conv, conv_max_pool, materialized, patches_conv
+from s2e_jax.convs import blockdiag_conv, conv_max_pool, materialized, patches_conv, slices_conv
 
-_CONV_FNS = {"patches": patches_conv, "blockdiag": blockdiag_conv}
+_CONV_FNS = {"patches": patches_conv, "slices": slices_conv, "blockdiag": blockdiag_conv}
 
 __all__ = [
     "MLP",
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 MODEL_NAMES = ("mlp", "model1", "model2", "model3")
-CONV_IMPLS = ("xla", "patches", "blockdiag")  # how a Conv layer is computed (:mod:`s2e_jax.convs`)
+CONV_IMPLS = ("xla", "patches", "slices", "blockdiag")  # how a Conv layer is computed (:mod:`s2e_jax.convs`)
 
 # BatchNorm settings: PyTorch defaults (momentum=0.1 in torch == 0.9 in flax, eps=1e-5).
 BN_MOMENTUM = 0.9

@@ -213,6 +213,18 @@ def test_tfds_not_prepared(tmp_path):
         data.load_dataset("mnist", data_dir=str(tmp_path))
 
 
+def test_tfds_asking_for_tensorflow_is_the_same_clear_error(tmp_path, monkeypatch):
+    """tfds 4.9.3-4.9.7 import TensorFlow when the prepared data is missing."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def source(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'tensorflow'")
+
+    monkeypatch.setattr(tfds, "data_source", source)
+    with pytest.raises(ConfigError, match=r"dataset: 'cifar10' is not prepared.*ModuleNotFoundError: No module named"):
+        data.load_dataset("cifar10", data_dir=str(tmp_path))
+
+
 # --- real MNIST (present on development machines only) --------------------------------------------
 
 def _mnist_npz():

@@ -389,31 +389,60 @@ def test_real_init():
             assert float(jnp.max(jnp.abs(leaf))) > 0.5 * bound
 
 
-@pytest.mark.parametrize("padding,stride", [("VALID", (1, 1)), ("SAME", (1, 1)), ("SAME", (2, 2)), ((1, 2), (1, 1))])
-def test_patches_conv_equals_xla_conv_values_and_gradients(padding, stride):
+@pytest.mark.parametrize("impl", ["patches", "slices"])
+@pytest.mark.parametrize("padding,stride", [("VALID", (1, 1)), ("SAME", (1, 1)), ("SAME", (2, 2)), ((1, 2), (1, 1)),
+                                            ((-1, 2), (2, 1)), ("VALID", (3, 2))])
+def test_patches_conv_equals_xla_conv_values_and_gradients(padding, stride, impl):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((3, 2, 9, 8, 4)), jnp.float32)   # 3 networks' inputs
     w = jnp.asarray(rng.standard_normal((3, 3, 5, 4, 6)), jnp.float32)   # their own 3x5 kernels
     pad = padding if isinstance(padding, str) else [padding, padding]
+    if impl == "patches" and not isinstance(padding, str) and min(padding) < 0:
+        pytest.skip("conv_general_dilated_patches takes no negative padding")
     dn = ("NHWC", "HWIO", "NHWC")
+    own = getattr(convs, f"{impl}_conv")
     xla = jax.vmap(lambda a, b: jax.lax.conv_general_dilated(a, b, stride, pad, dimension_numbers=dn))
-    pat = jax.vmap(lambda a, b: convs.patches_conv(a, b, stride, pad, dimension_numbers=dn))
+    pat = jax.vmap(lambda a, b: own(a, b, stride, pad, dimension_numbers=dn))
     np.testing.assert_allclose(np.asarray(pat(x, w)), np.asarray(xla(x, w)), atol=1e-5, rtol=1e-5)
     loss = lambda f: lambda a, b: jnp.sum(jnp.sin(f(a, b)))  # noqa: E731
     for ga, gb in zip(jax.grad(loss(pat), (0, 1))(x, w), jax.grad(loss(xla), (0, 1))(x, w)):
         np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), atol=1e-4, rtol=1e-4)
 
 
-def test_patches_conv_hands_other_convolutions_to_xla():
+def test_slices_conv_under_nested_vmap_with_a_shared_input():
+    """Trials x networks, as the trainer runs K trials: the networks of a trial share their input
+    (one matmul, kernels side by side), the trials have their own (a batched matmul)."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((4, 5, 11, 10, 3)), jnp.float32)      # 4 trials' batches
+    w = jnp.asarray(rng.standard_normal((4, 2, 5, 5, 3, 6)), jnp.float32)    # 2 networks each
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def nested(conv):
+        one = lambda a, b: conv(a, b, (1, 1), "VALID", dimension_numbers=dn)  # noqa: E731
+        return jax.vmap(jax.vmap(one, in_axes=(None, 0)))
+
+    xla, own = nested(jax.lax.conv_general_dilated), nested(convs.slices_conv)
+    np.testing.assert_allclose(np.asarray(own(x, w)), np.asarray(xla(x, w)), atol=1e-5, rtol=1e-5)
+    loss = lambda f: lambda a, b: jnp.sum(jnp.sin(f(a, b)))  # noqa: E731
+    for ga, gb in zip(jax.grad(loss(own), (0, 1))(x, w), jax.grad(loss(xla), (0, 1))(x, w)):
+        np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), atol=1e-4, rtol=1e-4)
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss(own), 1))(x, w))
+    assert "conv_general_dilated" not in jaxpr  # no convolution, forward or backward
+    with pytest.raises(ValueError, match=r"slices_conv: a 5x5 kernel does not fit the padded input 4x4"):
+        convs.slices_conv(x[0, :, :4, :4], w[0, 0], (1, 1), "VALID", dimension_numbers=dn)
+
+
+@pytest.mark.parametrize("impl", ["patches", "slices"])
+def test_patches_conv_hands_other_convolutions_to_xla(impl):
     x = jnp.ones((1, 6, 6, 4))
     w = jnp.ones((3, 3, 2, 4))  # feature_group_count=2: not a plain convolution
     dn = ("NHWC", "HWIO", "NHWC")
-    got = convs.patches_conv(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2)
+    got = getattr(convs, f"{impl}_conv")(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2)
     want = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=2)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-@pytest.mark.parametrize("impl", ["patches", "blockdiag"])
+@pytest.mark.parametrize("impl", ["patches", "slices", "blockdiag"])
 @pytest.mark.parametrize("name", ["model1", "model2", "model3"])
 def test_conv_impl_gives_the_same_network(name, impl):
     xla, pat = get_model(name, 10), get_model(name, 10, conv_impl=impl)
@@ -431,7 +460,7 @@ def test_conv_impl_gives_the_same_network(name, impl):
 
 
 def test_conv_impl_errors():
-    with pytest.raises(ConfigError, match=r"conv_impl: unknown value 'fft' \(expected one of xla, patches, blockdiag\)"):
+    with pytest.raises(ConfigError, match=r"conv_impl: unknown value 'fft' \(expected one of xla, patches, slices, blockdiag\)"):
         get_model("model1", 10, conv_impl="fft")
     assert isinstance(get_model("mlp", 10, conv_impl="patches"), MLP)  # the MLP has no convolution
 

@@ -154,10 +154,10 @@ def test_net_forms_give_the_same_loss_and_gradients_conv(model, forms):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["patches", "blockdiag"])
+@pytest.mark.parametrize("impl", ["patches", "slices", "blockdiag"])
 def test_conv_impl_trains_like_xla(impl):
     """``conv_impl`` reaches the trainer's model and gives the same epoch (float rounding), for one
-    training and for K trainings in one program (blockdiag: the trials' networks stacked)."""
+    training and for K trainings in one program (slices: batched matmuls; blockdiag: the trials' networks stacked)."""
     ds = _cifar_like()
     cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
                net_form="vmap", driver="loop")
@@ -169,12 +169,12 @@ def test_conv_impl_trains_like_xla(impl):
     keys = ("train_loss", "val_loss", "label_precision", "kept_fraction")
     for k in keys:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
-    if impl == "blockdiag":
+    if impl in ("slices", "blockdiag"):
         scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0], [0.4, 1.0, 1.0]], np.float32)
         many = [T.train_trials(p, scheds, [3, 4, 5], one_program=True) for p in (xla, other)]
         for k in keys:
             np.testing.assert_allclose(many[1][k], many[0][k], rtol=1e-4, atol=1e-6, err_msg=k)
-    with pytest.raises(ConfigError, match=r"conv_impl: .*'fft'.*auto, xla, patches, blockdiag"):
+    with pytest.raises(ConfigError, match=r"conv_impl: .*'fft'.*auto, xla, patches, slices, blockdiag"):
         cfg.replace(conv_impl="fft").validate()
 
 
