@@ -152,8 +152,8 @@ class JaxRunner:
                  conv_impl=None, pool_s2d=None):
         if pool_s2d is None:  # TrainConfig.pool_s2d "auto", as train.prepare resolves it
             pool_s2d = train_lib.resolve_pool_s2d("auto", driver)
-        model = models_lib.get_model(model_name, ds.num_classes, conv_impl or train_lib.default_conv_impl(),
-                                     pool_s2d=pool_s2d)
+        conv_impl = conv_impl or train_lib.default_conv_impl(driver=driver, model_name=model_name, net_form=form)
+        model = models_lib.get_model(model_name, ds.num_classes, conv_impl, pool_s2d=pool_s2d)
         self.trainer = train_lib.Trainer(model, 2, selection.coteaching_rule, schedules.coteaching_rate,
                                          epochs=EPOCHS, batch_size=BATCH, n_train=len(ds.y_train), lr=LR,
                                          net_form=form, driver=driver, eval_batch_size=n_eval,
@@ -624,11 +624,13 @@ def main(argv=None):
             name = f"jax {form}/{driver}" + ("" if pool == "auto" else f" s2d={pool}")
             runners[name] = JaxRunner(ds, is_clean, model, form, driver, args.n_eval, precision=args.precision,
                                       conv_impl=args.conv_impl, pool_s2d=train_lib.resolve_pool_s2d(pool, driver))
+            conv = getattr(runners[name].trainer.model, "conv_impl", "xla")  # resolved as prepare does
             default = ((form, driver) == train_lib.default_execution(model)
-                       and args.conv_impl in (None, train_lib.default_conv_impl()) and pool == "auto")
+                       and args.conv_impl in (None, train_lib.default_conv_impl(driver=driver, model_name=model, net_form=form))
+                       and pool == "auto")
             meta[name] = dict(impl="jax" + (" (default)" if default else "")
                               + ("" if args.precision == "float32" else f" {args.precision}")
-                              + ("" if args.conv_impl is None or model == "mlp" else f" conv={args.conv_impl}")
+                              + ("" if conv == "xla" and args.conv_impl is None or model == "mlp" else f" conv={conv}")
                               + ("" if pool == "auto" else f" pool_s2d={pool}"),
                               net_form=form, driver=driver)
         results = measure(runners, args.repeats, args.budget)

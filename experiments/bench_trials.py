@@ -275,6 +275,14 @@ def conv_spec(token):
     return token, "auto"
 
 
+def conv_label(e):
+    """The conv column: the token, "auto" with what it resolved to (one program: its own trainer)."""
+    if not e.conv.startswith("auto"):
+        return e.conv
+    tr = train_lib.one_program_trainer(e.prep) if e.label == "one program" else e.prep.trainer
+    return f"{e.conv} ({getattr(tr.model, 'conv_impl', '-')})"
+
+
 def parse_execution(s, model):
     if s == "default":
         return train_lib.default_execution(model)
@@ -312,7 +320,7 @@ def bench_model(model, args, rows):
     vms = [Execution("one program", "vmap", "scan", default=False, conv=c) for c in convs]
     if model != "mlp":
         for e in seqs:
-            e.conv = train_lib.default_conv_impl()
+            e.conv = "auto"  # the library's default for that driver (train.default_conv_impl)
     for e in seqs + vms:
         e.prep = prep_of(e.form, e.driver, e.conv)
     sched = np.asarray(vms[0].prep.sched, np.float32)
@@ -320,7 +328,7 @@ def bench_model(model, args, rows):
 
     def row(e, k, **kw):
         r = dict(model=model, data=data_name, execution=e.label + (" (default)" if e.default else ""),
-                 net_form=e.form, driver=e.driver, conv=e.conv, K=k, epochs=args.epochs, steps_per_epoch=steps)
+                 net_form=e.form, driver=e.driver, conv=conv_label(e), K=k, epochs=args.epochs, steps_per_epoch=steps)
         r.update(kw)
         rows.append(r)
         return r
@@ -372,7 +380,7 @@ def bench_model(model, args, rows):
                 if rep.waves > 1:
                     note += f"; {rep.waves} waves (memory budget {rep.budget_bytes / 2**20:.0f} MiB)"
             e.last = (k, sec, comp)
-            results[e.label, e.form, e.driver, e.conv, k] = acc
+            results[e.label, e.form, e.driver, conv_label(e), k] = acc
             if not np.all(np.isfinite(acc)):
                 raise RuntimeError(f"{model} {e.label} {e.form}/{e.driver} K={k}: non-finite test accuracy")
             r = row(e, k, seconds=sec, s_per_training=sec / k, trainings_per_s=k / sec,
@@ -390,9 +398,9 @@ def bench_model(model, args, rows):
                    None)
         if ref is not None:
             r["ratio"] = r["trainings_per_s"] / ref["trainings_per_s"]
-        if r["execution"] == "one program" and (d.label, d.form, d.driver, d.conv, r["K"]) in results:
+        if r["execution"] == "one program" and (d.label, d.form, d.driver, conv_label(d), r["K"]) in results:
             a = results["one program", "vmap", "scan", r["conv"], r["K"]]
-            b = results[d.label, d.form, d.driver, d.conv, r["K"]]
+            b = results[d.label, d.form, d.driver, conv_label(d), r["K"]]
             r["max_dacc"] = float(np.abs(a - b).max())
 
 
@@ -437,9 +445,10 @@ def parse_args(argv=None):
                         "a K over it runs in waves")
     p.add_argument("--models", default="mlp,model1", help="comma list of: mlp, model1")
     p.add_argument("--epochs", type=int, default=None, help="epochs per training (default 2; 1 with --quick)")
-    p.add_argument("--conv-impls", default="xla",
-                   help="comma list of xla, patches, slices, blockdiag: Model 1's one program once per convolution implementation "
-                        "(TrainConfig.conv_impl; sequential runs use the default); each may end in +s2d or -s2d: "
+    p.add_argument("--conv-impls", default="auto",
+                   help="comma list of auto, xla, patches, slices, blockdiag: Model 1's one program once per convolution "
+                        "implementation (TrainConfig.conv_impl; auto: the library's default, train.default_conv_impl; "
+                        "sequential runs use auto); each may end in +s2d or -s2d: "
                         "with or without Model 1's conv + pool as one space-to-depth convolution "
                         "(TrainConfig.pool_s2d; default: on for the CPU's loop driver, so off in the one program)")
     p.add_argument("--sequential", default="default",
@@ -480,8 +489,8 @@ def parse_args(argv=None):
     if not args.models or any(m not in ("mlp", "model1") for m in args.models):
         p.error(f"--models: expected a comma list of mlp, model1, got {args.models}")
     args.conv_impls = [c.strip() for c in args.conv_impls.split(",") if c.strip()]
-    if not args.conv_impls or any(conv_spec(c)[0] not in CONV_IMPLS for c in args.conv_impls):
-        p.error(f"--conv-impls: expected a comma list of {', '.join(CONV_IMPLS)} (each optionally +s2d or -s2d), "
+    if not args.conv_impls or any(conv_spec(c)[0] not in ("auto",) + CONV_IMPLS for c in args.conv_impls):
+        p.error(f"--conv-impls: expected a comma list of auto, {', '.join(CONV_IMPLS)} (each optionally +s2d or -s2d), "
                 f"got {args.conv_impls}")
     args.sequential = [s.strip() for s in args.sequential.split(",") if s.strip()]
     for s in args.sequential:

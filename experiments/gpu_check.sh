@@ -25,13 +25,15 @@ step 110 python3 experiments/bench_train.py --models mlp,model1,model2,model3 --
 #    bench_trials trains on 25,600 images (200 steps per epoch) so fixed costs weigh as in a real training;
 #    Model 1's one program also with conv_impl=blockdiag (s2e_jax/convs.py) and with pool_s2d (+s2d:
 #    grouped convolutions of 12 -> 24 and 24 -> 64 channels per network instead of 3 -> 6 and 6 -> 16),
-#    the candidate defaults (train.default_conv_impl, models.get_model)
-step 170 python3 experiments/bench_trials.py --ks 1,8 --epochs 2 --budget 40 \
-    --conv-impls xla,blockdiag,xla+s2d,blockdiag+s2d --out "$OUT/trials"
+#    and with conv_impl=slices (patches from strided slices x kernel: batched GEMMs, no grouped
+#    convolution), the candidate defaults (train.default_conv_impl, models.get_model); each cell's
+#    trainings/h is also printed to the log as it finishes
+step 195 python3 experiments/bench_trials.py --ks 1,8 --epochs 2 --budget 40 \
+    --conv-impls xla,slices,blockdiag,xla+s2d,slices+s2d,blockdiag+s2d --out "$OUT/trials"
 # 4. the floor: FLOPs per epoch, achieved FLOP/s, fraction of a measured matmul peak
 step 80 python3 experiments/bench_flops.py --repeats 2 --out "$OUT/flops.md"
 # 5. Model 1's convolutions for G = trials x 2 networks, computed several ways (why Model 1's trials
 #    scale less than the MLP's on a GPU; table in the log)
-step 60 python3 experiments/bench_conv_parts.py --gs 2,16,64 --iters 50 --repeats 3 \
-    --ways vmap,blockdiag,lib_blockdiag --model-impls xla,blockdiag
+step 35 python3 experiments/bench_conv_parts.py --gs 16 --iters 50 --repeats 3 \
+    --ways vmap,blockdiag,slices --model-impls xla,slices
 echo "=== $(date -u +%T) done" | tee -a "$LOG"

@@ -11,7 +11,10 @@ reassociation (tested):
 
 * :func:`patches_conv` — image patches (``conv_general_dilated_patches``) times the kernel, one matmul;
 * :func:`slices_conv` — the same product with the patches built from kh*kw strided slices (copies
-  XLA fuses into one loop; no convolution anywhere, forward or backward);
+  XLA fuses into one loop; no convolution anywhere, forward or backward). Model 1 inside
+  ``lax.scan`` on the CPU (K trials in one program) ran 1.5-4x faster with it than with XLA's
+  convolutions, at 3-6x the memory per trial (experiments/cpu_model1/slices.md); the CPU's loop driver was slower with it;
+  not yet measured on a GPU;
 * :func:`blockdiag_conv` — a convolution whose batching rule (``jax.custom_batching.custom_vmap``)
   stacks G networks into ONE dense convolution: networks that share their input get their kernels
   side by side (G x Cout output channels, no extra work); networks with their own inputs get the
@@ -56,11 +59,12 @@ def _is_nhwc(dn, ndim) -> bool:
     return tuple(got) == tuple(want)
 
 
-def _plain_2d(lhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
+def _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count,
               preferred_element_type):
-    """Whether a ``conv_general_dilated`` call is a plain 2-D NHWC/HWIO convolution (what this module
-    computes its own way; anything else goes to XLA as is)."""
+    """Whether a ``conv_general_dilated`` call is a plain 2-D NHWC/HWIO convolution of one dtype (what
+    this module computes its own way; anything else goes to XLA as is, which rejects mixed dtypes)."""
     return (feature_group_count == 1 and batch_group_count == 1 and preferred_element_type is None
+            and lhs.dtype == rhs.dtype
             and all(d == 1 for d in (lhs_dilation or (1,))) and all(d == 1 for d in (rhs_dilation or (1,)))
             and lhs.ndim == 4 and _is_nhwc(dimension_numbers, lhs.ndim))
 
@@ -72,7 +76,7 @@ def _conv_impl(own):
     @functools.wraps(own)
     def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
              feature_group_count=1, batch_group_count=1, precision=None, preferred_element_type=None):
-        if _plain_2d(lhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+        if _plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
                      batch_group_count, preferred_element_type):
             return own(lhs, rhs, window_strides, padding, precision)
         return jax.lax.conv_general_dilated(

@@ -87,6 +87,16 @@ def _tfds_split_arrays(source):
     return x, y
 
 
+def _not_prepared(name, data_dir, err) -> ConfigError:
+    where = data_dir if data_dir is not None else "the default tfds data_dir"
+    return ConfigError(
+        f"dataset: '{name}' is not prepared in array_record format in {where}; run "
+        f"`tfds build {name} --file_format=array_record"
+        f"{'' if data_dir is None else f' --data_dir {data_dir}'}` where TensorFlow and "
+        f"network access are available, or pass a path to an .npz file with "
+        f"x_train, y_train, x_test, y_test ({type(err).__name__}: {err})")
+
+
 def load_tfds(name, data_dir=None):
     """MNIST / CIFAR-10 / CIFAR-100 from tensorflow-datasets without TensorFlow.
 
@@ -104,15 +114,13 @@ def load_tfds(name, data_dir=None):
     try:
         train, test = tfds.data_source(
             name, split=["train", "test"], data_dir=data_dir, download=False)
-    except (AssertionError, KeyError, RuntimeError, OSError, ValueError, ImportError) as err:
-        # (older tfds, 4.9.4-4.9.7, import TensorFlow when the data is missing: ModuleNotFoundError)
-        where = data_dir if data_dir is not None else "the default tfds data_dir"
-        raise ConfigError(
-            f"dataset: '{name}' is not prepared in array_record format in {where}; run "
-            f"`tfds build {name} --file_format=array_record"
-            f"{'' if data_dir is None else f' --data_dir {data_dir}'}` where TensorFlow and "
-            f"network access are available, or pass a path to an .npz file with "
-            f"x_train, y_train, x_test, y_test ({type(err).__name__}: {err})") from err
+    except ImportError as err:
+        if err.name != "tensorflow":  # a broken install, not missing data
+            raise ConfigError(f"dataset: reading '{name}' with tensorflow-datasets failed: {err}") from err
+        # older tfds (seen: 4.9.4, 4.9.7) import TensorFlow when the prepared data is missing
+        raise _not_prepared(name, data_dir, err) from err
+    except (AssertionError, KeyError, RuntimeError, OSError, ValueError) as err:
+        raise _not_prepared(name, data_dir, err) from err
     x_train, y_train = _tfds_split_arrays(train)
     x_test, y_test = _tfds_split_arrays(test)
     return _halve_test(name, x_train, y_train, x_test, y_test, TFDS_NUM_CLASSES[name])

@@ -412,11 +412,21 @@ def default_execution(model_name: str, backend: Optional[str] = None):
     return "vmap", "scan"
 
 
-def default_conv_impl(backend: Optional[str] = None) -> str:
-    """How convolutions are computed by default (``models.CONV_IMPLS``), chosen by measurement
-    (experiments/bench_trials.py ``--conv-impls``, bench_conv_parts.py): XLA's own convolution.
-    ``patches`` measured slower on an H200 and on the CPU; ``blockdiag`` slower on the CPU, not yet
-    measured on a GPU (README, "Benchmarks on a GPU")."""
+def default_conv_impl(backend: Optional[str] = None, driver: Optional[str] = None,
+                      model_name: Optional[str] = None, net_form: Optional[str] = None) -> str:
+    """How convolutions are computed by default (``models.CONV_IMPLS``; ``TrainConfig.conv_impl``
+    "auto"), chosen by measurement (experiments/bench_trials.py ``--conv-impls``, bench_conv_parts.py):
+    XLA's own convolution, except for Model 1 vmapped inside ``lax.scan`` on XLA's CPU backend (the
+    ``vmap`` form with the ``scan`` driver, as K trials in one program run), where its convolutions
+    take XLA's slow path (jax-ml/jax#12868) and ``slices`` (patches x kernel, no convolution) ran
+    1.5-1.7x (1 trial) and 3.8-4.0x (4 trials) faster in two runs (experiments/cpu_model1/slices.md;
+    fused/unroll inside scan not measured, so left as they were). With the CPU's ``loop`` driver
+    ``slices`` was slower (1.21x PyTorch in its run; XLA's convolution 1.57-1.59x in earlier runs).
+    ``patches`` measured slower on an H200 and on the CPU; ``blockdiag`` slower on the CPU; neither
+    ``blockdiag`` nor ``slices`` yet measured in a GPU training (README, "Benchmarks on a GPU")."""
+    if ((backend or jax.default_backend()) == "cpu" and driver == "scan" and net_form == "vmap"
+            and model_name == "model1"):
+        return "slices"
     return "xla"
 
 
@@ -431,18 +441,27 @@ def resolve_pool_s2d(setting: str, driver: str, backend: Optional[str] = None) -
     return (backend or jax.default_backend()) == "cpu" and driver == "loop"
 
 
+def resolve_conv_impl(setting: str, driver: str, model_name: str, net_form: str,
+                      backend: Optional[str] = None) -> str:
+    """``TrainConfig.conv_impl`` -> the model's: as said, or "auto" by :func:`default_conv_impl`."""
+    return default_conv_impl(backend, driver, model_name, net_form) if setting == "auto" else setting
+
+
 def one_program_trainer(prep: "Prepared") -> Trainer:
     """The trainer K trials in one program run (``vmap`` of the ``lax.scan`` epoch): ``prep.trainer``,
-    or, where ``pool_s2d`` is "auto" and resolves otherwise for the scan driver, the same trainer with
-    Model 1's ``pool_s2d`` so resolved (made once per ``prep``; same parameters, same results to
-    float rounding)."""
+    or, where ``pool_s2d`` or ``conv_impl`` is "auto" and resolves otherwise for the scan driver, the
+    same trainer with the model's so resolved (made once per ``prep``; same parameters, same results
+    to float rounding)."""
     tr = prep.trainer
-    want = resolve_pool_s2d(getattr(prep.config, "pool_s2d", "auto"), "scan")
-    if getattr(tr.model, "pool_s2d", want) == want:
+    want = dict(pool_s2d=resolve_pool_s2d(getattr(prep.config, "pool_s2d", "auto"), "scan"),
+                conv_impl=resolve_conv_impl(getattr(prep.config, "conv_impl", "auto"), "scan", prep.model_name,
+                                          "vmap"))
+    want = {k: v for k, v in want.items() if hasattr(tr.model, k) and getattr(tr.model, k) != v}
+    if not want:
         return tr
     cached = prep.__dict__.get("_one_program_trainer")
     if cached is None:
-        cached = dataclasses.replace(tr, model=tr.model.clone(pool_s2d=want))
+        cached = dataclasses.replace(tr, model=tr.model.clone(**want))
         prep.__dict__["_one_program_trainer"] = cached
     return cached
 
@@ -492,8 +511,7 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
     form, driver = default_execution(model_name)
     form = form if config.net_form == "auto" else config.net_form
     driver = driver if config.driver == "auto" else config.driver
-    model = models_lib.get_model(model_name, ds.num_classes,
-                                 default_conv_impl() if config.conv_impl == "auto" else config.conv_impl,
+    model = models_lib.get_model(model_name, ds.num_classes, resolve_conv_impl(config.conv_impl, driver, model_name, form),
                                  pool_s2d=resolve_pool_s2d(config.pool_s2d, driver))
     spec = selection.get_rule(config.method, init_epochs=config.resolved_init_epochs())
     rate_, sched = schedule_of(config)
@@ -577,6 +595,8 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
     if run:
         run.write_json("config.json", dict(config.to_dict(), model_resolved=prep.model_name,
                                            net_form=prep.trainer.net_form, driver=prep.trainer.driver,
+                                           conv_impl_resolved=getattr(prep.trainer.model, "conv_impl", None),
+                                           pool_s2d_resolved=getattr(prep.trainer.model, "pool_s2d", None),
                                            backend=jax.default_backend(), processes=jax.process_count(),
                                            **prep.noise_info))
     carry = init_carry(prep, config.seed)
@@ -621,7 +641,8 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
     if one_program is None:
         # measured (experiments/bench_trials.py, 2-core CPU, YNNPACK): K vmapped MLP trainings ran at
         # ~0.6-0.9x of the same K one after another (XLA already uses both cores for one); vmapped
-        # Model 1 at 0.12-0.19x (conv nets inside lax.scan, grouped-convolution kernel gradients);
+        # Model 1 at 0.12-0.19x (conv nets inside lax.scan, grouped-convolution kernel gradients),
+        # 0.19-0.25x since it computes them as slices x kernel there (default_conv_impl);
         # so one program is the default on GPU/TPU only, also with several processes
         one_program = jax.default_backend() != "cpu"
     if one_program:

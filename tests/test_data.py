@@ -214,14 +214,20 @@ def test_tfds_not_prepared(tmp_path):
 
 
 def test_tfds_asking_for_tensorflow_is_the_same_clear_error(tmp_path, monkeypatch):
-    """tfds 4.9.3-4.9.7 import TensorFlow when the prepared data is missing."""
+    """Older tfds (seen: 4.9.4, 4.9.7) import TensorFlow when the prepared data is missing; any
+    other missing module is a broken install, said as such."""
     tfds = pytest.importorskip("tensorflow_datasets")
+    missing = ["tensorflow"]
 
     def source(*args, **kwargs):
-        raise ModuleNotFoundError("No module named 'tensorflow'")
+        raise ModuleNotFoundError(f"No module named '{missing[0]}'", name=missing[0])
 
     monkeypatch.setattr(tfds, "data_source", source)
     with pytest.raises(ConfigError, match=r"dataset: 'cifar10' is not prepared.*ModuleNotFoundError: No module named"):
+        data.load_dataset("cifar10", data_dir=str(tmp_path))
+    missing[0] = "array_record"
+    with pytest.raises(ConfigError, match=r"dataset: reading 'cifar10' with tensorflow-datasets failed: "
+                                          r"No module named 'array_record'"):
         data.load_dataset("cifar10", data_dir=str(tmp_path))
 
 

@@ -163,7 +163,7 @@ def test_conv_impl_trains_like_xla(impl):
                net_form="vmap", driver="loop")
     other = T.prepare(cfg.replace(conv_impl=impl), ds)
     assert other.trainer.model.conv_impl == impl
-    xla = T.prepare(cfg, ds)
+    xla = T.prepare(cfg.replace(conv_impl="xla"), ds)  # named: "auto" is slices in a CPU one program
     assert xla.trainer.model.conv_impl == T.default_conv_impl() == "xla"
     ref, got = _run(xla)[1], _run(other)[1]
     keys = ("train_loss", "val_loss", "label_precision", "kept_fraction")
@@ -255,6 +255,35 @@ def test_channel_stats_are_exact_for_large_uint8_data():
     np.testing.assert_allclose(T.channel_stats(f)[0], T.channel_stats(x)[0], rtol=1e-6)
 
 
+def test_conv_impl_auto_follows_the_driver_and_the_one_program():
+    """"auto" is slices only where measured faster: Model 1 inside lax.scan on the CPU (the scan
+    driver, K trials in one program); XLA's convolution elsewhere and whatever the user names."""
+    assert T.default_conv_impl() == "xla" and T.default_conv_impl("cpu", "loop", "model1") == "xla"
+    assert T.default_conv_impl("cpu", "scan", "model1", "vmap") == "slices"
+    assert T.default_conv_impl("gpu", "scan", "model1", "vmap") == "xla"
+    assert T.default_conv_impl("cpu", "scan", "model2", "vmap") == "xla"
+    assert T.default_conv_impl("cpu", "scan", "model1", "fused") == "xla"  # not measured
+    assert T.resolve_conv_impl("blockdiag", "scan", "model1", "vmap", "cpu") == "blockdiag"
+    cpu = jax.default_backend() == "cpu"
+    ds = _cifar_like()
+    cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
+               net_form="vmap", driver="loop")
+    loop = T.prepare(cfg, ds)
+    assert loop.trainer.model.conv_impl == "xla"
+    assert T.prepare(cfg.replace(driver="scan"), ds).trainer.model.conv_impl == ("slices" if cpu else "xla")
+    assert T.prepare(cfg.replace(driver="scan", net_form="fused"), ds).trainer.model.conv_impl == "xla"
+    one = T.one_program_trainer(loop)
+    assert one.model.conv_impl == ("slices" if cpu else "xla") and one.model.pool_s2d is False
+    named = T.prepare(cfg.replace(conv_impl="xla", pool_s2d="off"), ds)
+    assert T.one_program_trainer(named) is named.trainer
+    scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0]], np.float32)
+    many = T.train_trials(loop, scheds, [3, 4], one_program=True)
+    assert "_sharded" in one.__dict__ and (one is loop.trainer or "_sharded" not in loop.trainer.__dict__)
+    ref = T.train_trials(named, scheds, [3, 4], one_program=True)  # XLA's convolutions, same program
+    for k in ("train_loss", "val_loss", "label_precision"):
+        np.testing.assert_allclose(many[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
 def test_pool_s2d_auto_follows_the_driver_and_the_one_program():
     """"auto" is on only where measured faster: the CPU's loop driver; the scan driver and K trials in
     one program (a vmapped lax.scan) get Model 1 without it, with the same parameters and results."""
@@ -271,8 +300,8 @@ def test_pool_s2d_auto_follows_the_driver_and_the_one_program():
     one = T.one_program_trainer(loop)
     assert one.model.pool_s2d is False and T.one_program_trainer(loop) is one  # made once
     assert one.net_form == loop.trainer.net_form and one.epochs == loop.trainer.epochs
-    forced = T.prepare(cfg.replace(pool_s2d="on"), ds)
-    assert T.one_program_trainer(forced) is forced.trainer  # "on" is kept
+    forced = T.prepare(cfg.replace(pool_s2d="on", conv_impl="xla"), ds)
+    assert T.one_program_trainer(forced) is forced.trainer  # "on" (and a named conv_impl) is kept
     scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0]], np.float32)
     many = T.train_trials(loop, scheds, [3, 4], one_program=True)
     assert "_sharded" in one.__dict__ and "_sharded" not in loop.trainer.__dict__  # ran the derived one
