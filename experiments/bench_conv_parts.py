@@ -105,7 +105,8 @@ def layer_step(way, xs):
 
 def model_step(g, batch, x, impl="xla"):
     # pool_s2d as K trials in one program run it (train.one_program_trainer: a vmapped lax.scan)
-    model = models_lib.get_model("model1", 10, conv_impl=impl, pool_s2d=train_lib.resolve_pool_s2d("auto", "scan"))
+    model = models_lib.get_model("model1", 10, conv_impl=impl,
+                                 pool_s2d=train_lib.resolve_pool_s2d("auto", "scan", conv_impl=impl))
     keys = jax.random.split(jax.random.PRNGKey(0), g)
     params = jax.vmap(lambda k: model.init({"params": k}, x[0, :1])["params"])(keys)
 

@@ -84,8 +84,8 @@ def make_data(model, steps, n_eval, seed=0):
 def build(model, steps, n_eval, form, driver, precision):
     ds, is_clean = make_data(model, steps, n_eval)
     f0, d0 = train_lib.default_execution(model)
-    s2d = train_lib.resolve_pool_s2d("auto", driver or d0)  # as train.prepare resolves it
     conv = train_lib.default_conv_impl(driver=driver or d0, model_name=model, net_form=form or f0)
+    s2d = train_lib.resolve_pool_s2d("auto", driver or d0, conv_impl=conv)  # as train.prepare resolves it
     tr = train_lib.Trainer(models_lib.get_model(model, ds.num_classes, conv, pool_s2d=s2d), 2, selection.coteaching_rule,
                            schedules.coteaching_rate, epochs=200, batch_size=BATCH, n_train=len(ds.y_train),
                            net_form=form or f0, driver=driver or d0, eval_batch_size=n_eval, precision=precision)

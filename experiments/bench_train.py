@@ -150,9 +150,9 @@ class JaxRunner:
 
     def __init__(self, ds, is_clean, model_name, form, driver, n_eval, seed=0, precision="float32",
                  conv_impl=None, pool_s2d=None):
-        if pool_s2d is None:  # TrainConfig.pool_s2d "auto", as train.prepare resolves it
-            pool_s2d = train_lib.resolve_pool_s2d("auto", driver)
         conv_impl = conv_impl or train_lib.default_conv_impl(driver=driver, model_name=model_name, net_form=form)
+        # TrainConfig.pool_s2d ("auto", "on", "off"), resolved as train.prepare resolves it
+        pool_s2d = train_lib.resolve_pool_s2d(pool_s2d or "auto", driver, conv_impl=conv_impl)
         model = models_lib.get_model(model_name, ds.num_classes, conv_impl, pool_s2d=pool_s2d)
         self.trainer = train_lib.Trainer(model, 2, selection.coteaching_rule, schedules.coteaching_rate,
                                          epochs=EPOCHS, batch_size=BATCH, n_train=len(ds.y_train), lr=LR,
@@ -623,7 +623,7 @@ def main(argv=None):
         for (form, driver), pool in [(pair, pool) for pair in pairs for pool in pools]:
             name = f"jax {form}/{driver}" + ("" if pool == "auto" else f" s2d={pool}")
             runners[name] = JaxRunner(ds, is_clean, model, form, driver, args.n_eval, precision=args.precision,
-                                      conv_impl=args.conv_impl, pool_s2d=train_lib.resolve_pool_s2d(pool, driver))
+                                      conv_impl=args.conv_impl, pool_s2d=pool)
             conv = getattr(runners[name].trainer.model, "conv_impl", "xla")  # resolved as prepare does
             default = ((form, driver) == train_lib.default_execution(model)
                        and args.conv_impl in (None, train_lib.default_conv_impl(driver=driver, model_name=model, net_form=form))

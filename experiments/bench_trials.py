@@ -280,7 +280,8 @@ def conv_label(e):
     if not e.conv.startswith("auto"):
         return e.conv
     tr = train_lib.one_program_trainer(e.prep) if e.label == "one program" else e.prep.trainer
-    return f"{e.conv} ({getattr(tr.model, 'conv_impl', '-')})"
+    s2d = "+s2d" if getattr(tr.model, "pool_s2d", False) else ""
+    return f"{e.conv} ({getattr(tr.model, 'conv_impl', '-')}{s2d})"
 
 
 def parse_execution(s, model):

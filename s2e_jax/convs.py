@@ -13,7 +13,8 @@ reassociation (tested):
 * :func:`slices_conv` — the same product with the patches built from kh*kw strided slices (copies
   XLA fuses into one loop; no convolution anywhere, forward or backward). Model 1 inside
   ``lax.scan`` on the CPU (K trials in one program) ran 1.5-4x faster with it than with XLA's
-  convolutions, at 3-6x the memory per trial (experiments/cpu_model1/slices.md); the CPU's loop driver was slower with it;
+  convolutions (3-6x the memory per trial), and 7-13x with ``conv_max_pool`` too (about the same
+  memory; experiments/cpu_model1/slices.md); the CPU's loop driver was slower with it;
   not yet measured on a GPU;
 * :func:`blockdiag_conv` — a convolution whose batching rule (``jax.custom_batching.custom_vmap``)
   stacks G networks into ONE dense convolution: networks that share their input get their kernels

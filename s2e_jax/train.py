@@ -419,8 +419,9 @@ def default_conv_impl(backend: Optional[str] = None, driver: Optional[str] = Non
     XLA's own convolution, except for Model 1 vmapped inside ``lax.scan`` on XLA's CPU backend (the
     ``vmap`` form with the ``scan`` driver, as K trials in one program run), where its convolutions
     take XLA's slow path (jax-ml/jax#12868) and ``slices`` (patches x kernel, no convolution) ran
-    1.5-1.7x (1 trial) and 3.8-4.0x (4 trials) faster in two runs (experiments/cpu_model1/slices.md;
-    fused/unroll inside scan not measured, so left as they were). With the CPU's ``loop`` driver
+    1.5-1.7x (1 trial) and 3.8-4.0x (4 trials) faster in two runs, 7-13x with ``pool_s2d``, which
+    :func:`resolve_pool_s2d` then turns on (experiments/cpu_model1/slices.md; fused/unroll inside
+    scan not measured, so left as they were). With the CPU's ``loop`` driver
     ``slices`` was slower (1.21x PyTorch in its run; XLA's convolution 1.57-1.59x in earlier runs).
     ``patches`` measured slower on an H200 and on the CPU; ``blockdiag`` slower on the CPU; neither
     ``blockdiag`` nor ``slices`` yet measured in a GPU training (README, "Benchmarks on a GPU")."""
@@ -430,15 +431,17 @@ def default_conv_impl(backend: Optional[str] = None, driver: Optional[str] = Non
     return "xla"
 
 
-def resolve_pool_s2d(setting: str, driver: str, backend: Optional[str] = None) -> bool:
+def resolve_pool_s2d(setting: str, driver: str, backend: Optional[str] = None, conv_impl: str = "xla") -> bool:
     """``TrainConfig.pool_s2d`` -> Model 1's ``pool_s2d`` (each conv + pool as one space-to-depth
     convolution, :func:`s2e_jax.convs.conv_max_pool`): "on" / "off" as said; "auto" where measured
-    faster, i.e. on XLA's CPU backend with the ``loop`` driver (experiments/cpu_model1/: 1.5x). Inside
-    ``lax.scan`` there (the ``scan`` driver, K trials in one program) its convolutions took XLA's slow
-    path: 1.4-3x slower than without, so off; off on GPUs/TPUs (not yet measured)."""
+    faster, i.e. on XLA's CPU backend with the ``loop`` driver (experiments/cpu_model1/: 1.5x), or
+    there with ``conv_impl`` "slices" (what "auto" picks for Model 1's K trials in one program: 3.5-4x
+    faster than slices alone, 10x XLA's convolutions inside ``lax.scan``; cpu_model1/slices.md).
+    Inside ``lax.scan`` with XLA's convolutions it took XLA's slow path: 1.4-3x slower than without,
+    so off; off on GPUs/TPUs (not yet measured)."""
     if setting != "auto":
         return setting == "on"
-    return (backend or jax.default_backend()) == "cpu" and driver == "loop"
+    return (backend or jax.default_backend()) == "cpu" and (driver == "loop" or conv_impl == "slices")
 
 
 def resolve_conv_impl(setting: str, driver: str, model_name: str, net_form: str,
@@ -453,9 +456,9 @@ def one_program_trainer(prep: "Prepared") -> Trainer:
     same trainer with the model's so resolved (made once per ``prep``; same parameters, same results
     to float rounding)."""
     tr = prep.trainer
-    want = dict(pool_s2d=resolve_pool_s2d(getattr(prep.config, "pool_s2d", "auto"), "scan"),
-                conv_impl=resolve_conv_impl(getattr(prep.config, "conv_impl", "auto"), "scan", prep.model_name,
-                                          "vmap"))
+    conv = resolve_conv_impl(getattr(prep.config, "conv_impl", "auto"), "scan", prep.model_name, "vmap")
+    want = dict(pool_s2d=resolve_pool_s2d(getattr(prep.config, "pool_s2d", "auto"), "scan", conv_impl=conv),
+                conv_impl=conv)
     want = {k: v for k, v in want.items() if hasattr(tr.model, k) and getattr(tr.model, k) != v}
     if not want:
         return tr
@@ -511,8 +514,9 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
     form, driver = default_execution(model_name)
     form = form if config.net_form == "auto" else config.net_form
     driver = driver if config.driver == "auto" else config.driver
-    model = models_lib.get_model(model_name, ds.num_classes, resolve_conv_impl(config.conv_impl, driver, model_name, form),
-                                 pool_s2d=resolve_pool_s2d(config.pool_s2d, driver))
+    conv = resolve_conv_impl(config.conv_impl, driver, model_name, form)
+    model = models_lib.get_model(model_name, ds.num_classes, conv,
+                                 pool_s2d=resolve_pool_s2d(config.pool_s2d, driver, conv_impl=conv))
     spec = selection.get_rule(config.method, init_epochs=config.resolved_init_epochs())
     rate_, sched = schedule_of(config)
     rate = rate_ if rate is None else rate
@@ -641,8 +645,8 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
     if one_program is None:
         # measured (experiments/bench_trials.py, 2-core CPU, YNNPACK): K vmapped MLP trainings ran at
         # ~0.6-0.9x of the same K one after another (XLA already uses both cores for one); vmapped
-        # Model 1 at 0.12-0.19x (conv nets inside lax.scan, grouped-convolution kernel gradients),
-        # 0.19-0.25x since it computes them as slices x kernel there (default_conv_impl);
+        # Model 1 at 0.07-0.19x (conv nets inside lax.scan, grouped-convolution kernel gradients),
+        # 0.66-0.93x since it computes them as slices x kernel with pool_s2d there (default_conv_impl);
         # so one program is the default on GPU/TPU only, also with several processes
         one_program = jax.default_backend() != "cpu"
     if one_program:

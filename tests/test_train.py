@@ -273,7 +273,7 @@ def test_conv_impl_auto_follows_the_driver_and_the_one_program():
     assert T.prepare(cfg.replace(driver="scan"), ds).trainer.model.conv_impl == ("slices" if cpu else "xla")
     assert T.prepare(cfg.replace(driver="scan", net_form="fused"), ds).trainer.model.conv_impl == "xla"
     one = T.one_program_trainer(loop)
-    assert one.model.conv_impl == ("slices" if cpu else "xla") and one.model.pool_s2d is False
+    assert one.model.conv_impl == ("slices" if cpu else "xla") and one.model.pool_s2d is cpu  # slices + s2d
     named = T.prepare(cfg.replace(conv_impl="xla", pool_s2d="off"), ds)
     assert T.one_program_trainer(named) is named.trainer
     scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0]], np.float32)
@@ -285,12 +285,15 @@ def test_conv_impl_auto_follows_the_driver_and_the_one_program():
 
 
 def test_pool_s2d_auto_follows_the_driver_and_the_one_program():
-    """"auto" is on only where measured faster: the CPU's loop driver; the scan driver and K trials in
-    one program (a vmapped lax.scan) get Model 1 without it, with the same parameters and results."""
+    """"auto" is on only where measured faster: the CPU's loop driver, and K trials in one program
+    there (a vmapped lax.scan) with their convolutions as slices; the scan driver with XLA's
+    convolutions gets Model 1 without it. Same parameters and results either way."""
     cpu = jax.default_backend() == "cpu"
     assert T.resolve_pool_s2d("auto", "loop", "cpu") and not T.resolve_pool_s2d("auto", "scan", "cpu")
     assert not T.resolve_pool_s2d("auto", "loop", "gpu")
     assert T.resolve_pool_s2d("on", "scan", "gpu") and not T.resolve_pool_s2d("off", "loop", "cpu")
+    assert T.resolve_pool_s2d("auto", "scan", "cpu", "slices") and not T.resolve_pool_s2d("auto", "scan", "gpu", "slices")
+    assert not T.resolve_pool_s2d("off", "scan", "cpu", "slices")
     ds = _cifar_like()
     cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
                net_form="fused", driver="loop")
@@ -298,13 +301,15 @@ def test_pool_s2d_auto_follows_the_driver_and_the_one_program():
     assert loop.trainer.model.pool_s2d is cpu
     assert T.prepare(cfg.replace(driver="scan"), ds).trainer.model.pool_s2d is False
     one = T.one_program_trainer(loop)
-    assert one.model.pool_s2d is False and T.one_program_trainer(loop) is one  # made once
+    assert one.model.pool_s2d is cpu and T.one_program_trainer(loop) is one  # made once
+    xla = T.prepare(cfg.replace(conv_impl="xla"), ds)  # XLA's convolutions in the one program: without
+    assert T.one_program_trainer(xla).model.pool_s2d is False
     assert one.net_form == loop.trainer.net_form and one.epochs == loop.trainer.epochs
     forced = T.prepare(cfg.replace(pool_s2d="on", conv_impl="xla"), ds)
     assert T.one_program_trainer(forced) is forced.trainer  # "on" (and a named conv_impl) is kept
     scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0]], np.float32)
     many = T.train_trials(loop, scheds, [3, 4], one_program=True)
-    assert "_sharded" in one.__dict__ and "_sharded" not in loop.trainer.__dict__  # ran the derived one
+    assert "_sharded" in one.__dict__ and (one is loop.trainer or "_sharded" not in loop.trainer.__dict__)
     seq = T.train_trials(loop, scheds, [3, 4], one_program=False)
     for k in ("train_loss", "val_loss", "label_precision"):
         np.testing.assert_allclose(many[k], seq[k], rtol=1e-4, atol=1e-6, err_msg=k)
