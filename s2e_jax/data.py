@@ -115,7 +115,8 @@ def load_tfds(name, data_dir=None):
         train, test = tfds.data_source(
             name, split=["train", "test"], data_dir=data_dir, download=False)
     except ImportError as err:
-        if err.name != "tensorflow":  # a broken install, not missing data
+        # (tfds 4.9.3 re-raises it as "Failed to construct dataset …: No module named 'tensorflow'")
+        if err.name != "tensorflow" and "No module named 'tensorflow'" not in str(err):  # a broken install
             raise ConfigError(f"dataset: reading '{name}' with tensorflow-datasets failed: {err}") from err
         # older tfds (seen: 4.9.4, 4.9.7) import TensorFlow when the prepared data is missing
         raise _not_prepared(name, data_dir, err) from err

@@ -225,6 +225,14 @@ def test_tfds_asking_for_tensorflow_is_the_same_clear_error(tmp_path, monkeypatc
     monkeypatch.setattr(tfds, "data_source", source)
     with pytest.raises(ConfigError, match=r"dataset: 'cifar10' is not prepared.*ModuleNotFoundError: No module named"):
         data.load_dataset("cifar10", data_dir=str(tmp_path))
+
+    def wrapped(*args, **kwargs):  # tfds 4.9.3: the error re-raised with the data set's name, no .name
+        raise ModuleNotFoundError("Failed to construct dataset cifar10: No module named 'tensorflow'")
+
+    monkeypatch.setattr(tfds, "data_source", wrapped)
+    with pytest.raises(ConfigError, match=r"dataset: 'cifar10' is not prepared"):
+        data.load_dataset("cifar10", data_dir=str(tmp_path))
+    monkeypatch.setattr(tfds, "data_source", source)
     missing[0] = "array_record"
     with pytest.raises(ConfigError, match=r"dataset: reading 'cifar10' with tensorflow-datasets failed: "
                                           r"No module named 'array_record'"):
