@@ -436,7 +436,7 @@ def resolve_pool_s2d(setting: str, driver: str, backend: Optional[str] = None, c
     convolution, :func:`s2e_jax.convs.conv_max_pool`): "on" / "off" as said; "auto" where measured
     faster, i.e. on XLA's CPU backend with the ``loop`` driver (experiments/cpu_model1/: 1.5x), or
     there with ``conv_impl`` "slices" (what "auto" picks for Model 1's K trials in one program: 3.5-4x
-    faster than slices alone, 10x XLA's convolutions inside ``lax.scan``; cpu_model1/slices.md).
+    faster than slices alone, 7-13x XLA's convolutions inside ``lax.scan``; cpu_model1/slices.md).
     Inside ``lax.scan`` with XLA's convolutions it took XLA's slow path: 1.4-3x slower than without,
     so off; off on GPUs/TPUs (not yet measured)."""
     if setting != "auto":
