@@ -428,6 +428,8 @@ def test_slices_conv_under_nested_vmap_with_a_shared_input():
         np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), atol=1e-4, rtol=1e-4)
     jaxpr = str(jax.make_jaxpr(jax.grad(loss(own), 1))(x, w))
     assert "conv_general_dilated" not in jaxpr  # no convolution, forward or backward
+    with pytest.raises(TypeError):  # mixed dtypes go to XLA as they are, which rejects them (no silent promotion)
+        convs.slices_conv(x[0].astype(jnp.bfloat16), w[0, 0], (1, 1), "VALID", dimension_numbers=dn)
     with pytest.raises(ValueError, match=r"slices_conv: a 5x5 kernel does not fit the padded input 4x4"):
         convs.slices_conv(x[0, :, :4, :4], w[0, 0], (1, 1), "VALID", dimension_numbers=dn)
 
