@@ -60,16 +60,23 @@ def _lines(path):
         return f.read().splitlines()
 
 
+@pytest.fixture(scope="module")
+def one_process_search(tmp_path_factory):
+    """The search run by one process: the reference of both forms of the two-process run."""
+    ref = tmp_path_factory.mktemp("one")
+    subprocess.run(SEARCH + ["--out", str(ref / "run")], check=True, env=ENV, cwd=ROOT, capture_output=True,
+                   timeout=600)
+    return _records(ref / "run")
+
+
 @pytest.mark.parametrize("trials", ["auto", "one_program"])
-def test_two_processes_run_the_search_of_one(tmp_path, trials):
+def test_two_processes_run_the_search_of_one(tmp_path, trials, one_process_search):
     """auto on a CPU: each process trains its share of the trials one after another (trial i on process
     i mod 2: the same computation as one process, so equal values); one_program: the trial axis sharded
     over both processes' devices as one vmapped program (2 trials per device, one padded)."""
-    ref = tmp_path / "one"
-    subprocess.run(SEARCH + ["--out", str(ref)], check=True, env=ENV, cwd=ROOT, capture_output=True, timeout=600)
     out = tmp_path / "two"
     _ok(*_two_processes(SEARCH + ["--out", str(out), "--trials", trials]))
-    one, two = _records(ref), _records(out)
+    one, two = one_process_search, _records(out)
     # 2 iterations x 3 trials, each written once (process 0 only), in the same order
     assert len(one) == len(two) == 6
     for a, b in zip(one, two):
