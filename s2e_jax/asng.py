@@ -255,7 +255,8 @@ class AsngTrainer:
         yb, cleanb = data.y_train[idx], data.clean[idx]
         grad = jax.grad(tr.loss, has_aux=True)
         grads, (per_net, kept, new_bs) = jax.vmap(
-            lambda r: grad(carry.params, carry.batch_stats, xb, yb, r, key, carry.epoch, data.transition))(rs)
+            lambda r: grad(carry.params, carry.batch_stats, xb, yb, r, key, carry.epoch, data.transition,
+                           batch=i))(rs)
         bs = jax.tree_util.tree_map(lambda a: a[0], new_bs)     # the forward (hence BN stats) ignores R
         # 3. f(x_i): the validation objective after one optimizer step with R_i (same clean batch for all)
         vidx = jax.random.choice(k_val, data.y_val.shape[0], (self.val_batch,), replace=False)

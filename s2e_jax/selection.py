@@ -1,12 +1,13 @@
 """Selection rules: what each network learns from in a mini-batch (Algorithm 1, step 3).
 
-A rule is a pure function ``rule(losses, logits, labels, r, epoch) -> (weights, kept)`` where
+A rule is a pure function ``rule(losses, logits, labels, r, epoch, batch=0) -> (weights, kept)`` where
 
 - ``losses``  [N, B]: per-sample loss of each of the N networks (gradient already stopped),
 - ``logits``  [N, B, C]: their predictions (gradient stopped),
 - ``labels``  [B]: the (noisy) training labels of the batch,
 - ``r``       scalar: R(t), the fraction of the batch to keep,
 - ``epoch``   int scalar (traced): epochs done before this one (0-based),
+- ``batch``   int scalar (traced): the mini-batch's index within the epoch (0-based; default 0),
 
 and returns ``weights`` [N, B] (network n's loss is ``sum(weights[n] * losses[n]) / sum(weights[n])``,
 and 0 when every weight is 0) and ``kept`` [N, B] (the samples network n itself selected; its label
@@ -59,57 +60,70 @@ def disagreement(logits):
 
 
 # ------------------------------------------------------------------------------------------ rules
-def standard_rule(losses, logits, labels, r, epoch):
+def standard_rule(losses, logits, labels, r, epoch, batch=0):
     """Standard training: every network learns from the whole batch (R == 1)."""
-    del logits, labels, r, epoch
+    del logits, labels, r, epoch, batch
     ones = jnp.ones_like(losses)
     return ones, ones
 
 
-def coteaching_rule(losses, logits, labels, r, epoch):
+def coteaching_rule(losses, logits, labels, r, epoch, batch=0):
     """Co-teaching (Han et al. 2018, Algorithm 1): each network keeps its floor(R(t) B) small-loss
     samples and the *other* network learns from them (network 1 from network 2's set and vice versa)."""
-    del logits, labels, epoch
+    del logits, labels, epoch, batch
     _check_nets(losses, 2, "coteaching")
     k = num_keep(r, losses.shape[1])
     kept = jnp.stack([small_loss_mask(losses[0], k), small_loss_mask(losses[1], k)])
     return kept[::-1], kept
 
 
-def coteaching_plus_rule(losses, logits, labels, r, epoch, init_epochs=0):
+COTEACHING_PLUS_WARMUP_STEPS = 5000  # the authors' ``step < 5000`` with step = epoch (1-based) x batch
+
+
+def coteaching_plus_rule(losses, logits, labels, r, epoch, batch=0, init_epochs=0):
     """Co-teaching+ (Yu et al. 2019, Algorithm 1): for the first ``init_epochs`` epochs plain
     Co-teaching; then each network keeps its floor(R(t) |D|) small-loss samples among the
     disagreement set D (samples whose predicted classes differ) and the other network learns from them.
 
-    As the authors' ``loss_coteaching_plus``, the number kept is floor(R(t) |D|) with no minimum of 1;
-    an empty D (or floor(...) == 0) gives zero weights: no update from this batch. Not copied from
-    their release: the second softmax before the cross-entropy, the loss divided twice, the
-    ``step < 5000`` gate that never acts, and the dropped sample of index 0. Epochs are 0-based here:
-    ``init_epochs`` epochs of Co-teaching (their 1-based loop runs ``init_epoch - 1``).
+    As the authors' ``loss_coteaching_plus`` / ``loss_coteaching`` (xingruiyu/coteaching_plus):
+
+    * the number kept is floor(R(t) |D|), and all of D where that is 0 (their ``if
+      len(ind_1_update) == 0``), so a small D is learned from, not skipped;
+    * an empty D: both networks learn from the whole batch while ``step < 5000``, where their ``step``
+      is the 1-based epoch times the 0-based batch index, here ``(epoch + 1) * batch``
+      (:data:`COTEACHING_PLUS_WARMUP_STEPS`); after that, zero weights: no update from this batch.
+
+    Not copied from their release: the second softmax before the cross-entropy, the loss divided
+    twice, and the dropped sample of index 0. Epochs are 0-based here: ``init_epochs`` epochs of
+    Co-teaching (their 1-based loop runs ``init_epoch - 1``).
     """
     _check_nets(losses, 2, "coteaching_plus")
     d = disagreement(logits)
+    n_d = d.sum().astype(jnp.int32)
     k = jnp.floor(r * d.sum()).astype(jnp.int32)
+    k = jnp.where(k == 0, n_d, k)  # floor(R |D|) == 0: all of D
     # non-disagreeing samples rank last (+inf); the final "* d" also guards a sample of infinite loss
     plus = jnp.stack([small_loss_mask(jnp.where(d > 0, losses[i], jnp.inf), k) * d for i in range(2)])
+    warm = (epoch + 1) * batch < COTEACHING_PLUS_WARMUP_STEPS
+    plus = jnp.where((n_d == 0) & warm, jnp.ones_like(plus), plus)  # empty D, early: the whole batch
     _, cot = coteaching_rule(losses, logits, labels, r, epoch)
     kept = jnp.where(epoch < init_epochs, cot, plus)
     return kept[::-1], kept
 
 
-def selfpaced_rule(losses, logits, labels, r, epoch):
+def selfpaced_rule(losses, logits, labels, r, epoch, batch=0):
     """MentorNet, the self-paced variant of the Co-teaching paper (Han et al. 2018, section 4.1):
     one network learns from its own floor(R(t) B) small-loss samples, with Co-teaching's R(t)."""
-    del logits, labels, epoch
+    del logits, labels, epoch, batch
     k = num_keep(r, losses.shape[1])
     kept = jax.vmap(small_loss_mask, in_axes=(0, None))(losses, k)
     return kept, kept
 
 
-def decoupling_rule(losses, logits, labels, r, epoch):
+def decoupling_rule(losses, logits, labels, r, epoch, batch=0):
     """Decoupling (Malach & Shalev-Shwartz 2017, "update by disagreement"): both networks learn
     only from the samples on which their predictions differ (none: no update from this batch)."""
-    del labels, r, epoch
+    del labels, r, epoch, batch
     _check_nets(losses, 2, "decoupling")
     d = jnp.broadcast_to(disagreement(logits), losses.shape)
     return d, d
@@ -159,7 +173,7 @@ class MethodSpec(NamedTuple):
     """How a method differs from Standard training; the training loop is the same for all."""
 
     num_nets: int
-    rule: Optional[Callable]           # rule(losses, logits, labels, r, epoch); None if weights_fn
+    rule: Optional[Callable]           # rule(losses, logits, labels, r, epoch, batch); None if weights_fn
     uses_schedule: bool                # whether R(t) (eq. 1 or a searched schedule) drives it
     sample_loss: Callable = cross_entropy   # (logits, labels, transition) -> [N, B]
     weights_fn: Optional[Callable] = None   # reweight_weights-like; replaces the rule

@@ -267,17 +267,18 @@ class Trainer:
         return Carry(params, bs, opt_state, sched, data_key, jnp.zeros((), jnp.int32))
 
     # ------------------------------------------------------------------ one step
-    def loss(self, params, batch_stats, xb, yb, r, key, epoch=0, transition=None, given=None):
+    def loss(self, params, batch_stats, xb, yb, r, key, epoch=0, transition=None, given=None, batch=0):
         """Algorithm 1 steps 3-4 on one normalized batch: ``(sum of the networks' losses, aux)``.
 
         Every network computes its per-sample loss; the rule picks what each one learns from
         (gradient stopped) — or ``given = (weights, kept)`` does; network n's loss is the mean over
-        its weights, divided once (0 when all its weights are 0).
+        its weights, divided once (0 when all its weights are 0). ``batch``: the mini-batch's index
+        within the epoch (for Co-teaching+'s warm-up).
         """
         logits, new_bs = self.forward(params, batch_stats, xb, key, True)
         losses = self.sample_loss(logits, yb, transition)  # [N, B]
         if given is None:
-            w, kept = self.rule(jax.lax.stop_gradient(losses), jax.lax.stop_gradient(logits), yb, r, epoch)
+            w, kept = self.rule(jax.lax.stop_gradient(losses), jax.lax.stop_gradient(logits), yb, r, epoch, batch)
         else:
             w, kept = given
         per_net = (w * losses).sum(1) / jnp.maximum(w.sum(1), 1e-12)
@@ -299,12 +300,12 @@ class Trainer:
         return self.weights_fn(forward(key), loss_fn, carry.params, xb, yb, xv, yv,
                                carry.opt_state.hyperparams["learning_rate"], forward_clean=forward(k_drop))
 
-    def _train_step(self, carry: Carry, idx, r, data: DeviceData, key):
+    def _train_step(self, carry: Carry, idx, r, data: DeviceData, key, i=0):
         xb = normalize(data.x_train[idx], data.mean, data.std)
         yb, cleanb = data.y_train[idx], data.clean[idx]
         given = None if self.weights_fn is None else self.meta_weights(carry, xb, yb, data, key)
         grads, (per_net, kept, new_bs) = jax.grad(self.loss, has_aux=True)(
-            carry.params, carry.batch_stats, xb, yb, r, key, carry.epoch, data.transition, given)
+            carry.params, carry.batch_stats, xb, yb, r, key, carry.epoch, data.transition, given, i)
         updates, opt_state = self.tx.update(grads, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
         stats = (per_net, kept.sum(1), (kept * cleanb[None]).sum(1))
@@ -329,7 +330,7 @@ class Trainer:
         return Acc(acc.loss + loss, acc.kept + kept, acc.kept_clean + clean, acc.steps + 1)
 
     def _loop_step(self, carry, acc, batches, k_steps, r, i, data):
-        carry, stats = self._train_step(carry, batches[i], r, data, jax.random.fold_in(k_steps, i))
+        carry, stats = self._train_step(carry, batches[i], r, data, jax.random.fold_in(k_steps, i), i)
         return carry, self._accumulate(acc, stats)
 
     def _eval_chunk(self, params, bs, x, y, valid, data: DeviceData):
@@ -376,7 +377,7 @@ class Trainer:
 
         def body(state, i):
             c, acc = state
-            c, stats = self._train_step(c, batches[i], r, data, jax.random.fold_in(k_steps, i))
+            c, stats = self._train_step(c, batches[i], r, data, jax.random.fold_in(k_steps, i), i)
             return (c, self._accumulate(acc, stats)), None
 
         (carry, acc), _ = jax.lax.scan(body, (carry, _zeros_acc(self.num_nets)),

@@ -47,14 +47,25 @@ def test_coteaching_plus_small_loss_among_disagreement_crossed():
     np.testing.assert_array_equal(kept0[0], [0, 1, 1, 1, 1, 0])
 
 
-@pytest.mark.parametrize("preds, r", [
-    ([[0, 1, 2, 0], [0, 1, 2, 0]], 0.9),   # no disagreement
-    ([[0, 1, 2, 0], [0, 1, 2, 1]], 0.5),   # |D| = 1, floor(0.5 * 1) = 0
-])
-def test_coteaching_plus_empty_selection_gives_zero_weights(preds, r):
-    w, kept = selection.coteaching_plus_rule(jnp.ones((2, 4)), _logits_with_preds(preds), None, r,
-                                             jnp.int32(5), init_epochs=0)
-    assert float(jnp.abs(w).sum()) == 0 and float(kept.sum()) == 0
+def test_coteaching_plus_keeps_all_of_a_small_disagreement_set():
+    """floor(R |D|) == 0 keeps all of D (the authors' ``if len(ind_1_update) == 0``), crossed."""
+    preds = [[0, 1, 2, 0], [0, 1, 2, 1]]  # D = {3}: floor(0.5 * 1) = 0
+    w, kept = selection.coteaching_plus_rule(jnp.ones((2, 4)), _logits_with_preds(preds), None, 0.5,
+                                             jnp.int32(5), jnp.int32(900), init_epochs=0)
+    np.testing.assert_array_equal(kept, [[0, 0, 0, 1], [0, 0, 0, 1]])
+    np.testing.assert_array_equal(w, kept)
+
+
+@pytest.mark.parametrize("epoch, batch, whole", [(0, 0, True), (9, 499, True), (9, 500, False),
+                                                 (4, 1000, False), (199, 0, True)])
+def test_coteaching_plus_empty_disagreement_learns_the_whole_batch_only_early(epoch, batch, whole):
+    """No disagreement: the whole batch while the authors' step = (1-based epoch) x batch < 5000
+    (10 x 499 = 4990 learns, 10 x 500 = 5000 does not), else nothing from this batch."""
+    preds = [[0, 1, 2, 0], [0, 1, 2, 0]]
+    rule = jax.jit(selection.get_rule("coteaching_plus", init_epochs=0).rule)
+    w, kept = rule(jnp.ones((2, 4)), _logits_with_preds(preds), None, 0.9, epoch, batch)
+    np.testing.assert_array_equal(w, np.full((2, 4), float(whole)))
+    np.testing.assert_array_equal(kept, w)
 
 
 def test_init_epochs_auto_by_dataset():

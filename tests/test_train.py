@@ -206,6 +206,21 @@ def test_drivers_agree_conv():
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("driver", ["scan", "loop"])
+def test_rules_get_the_batch_index_within_the_epoch(digits, monkeypatch, driver):
+    """Both drivers hand each step's index within the epoch to the rule (Co-teaching+'s warm-up
+    needs it): a rule that keeps the whole batch only at index 1 keeps 1 / steps of the epoch."""
+    def only_batch_1(losses, logits, labels, r, epoch, batch=0):
+        w = jnp.ones_like(losses) * (batch == 1)
+        return w, w
+
+    monkeypatch.setitem(selection.METHOD_RULES, "standard", selection.MethodSpec(1, only_batch_1, False))
+    prep = T.prepare(_cfg(method="standard", epochs=2, driver=driver), digits)
+    steps = prep.trainer.steps_per_epoch
+    assert steps > 2
+    np.testing.assert_allclose(_run(prep)[1]["kept_fraction"], 1.0 / steps, rtol=1e-6)
+
+
 def test_trials_in_one_program_equal_separate_trainings(digits):
     prep = T.prepare(_cfg(epochs=2), digits)
     scheds = np.asarray([[0.5, 10.0, 1.0], [0.3, 2.0, 2.0], [0.1, 1.0, 1.0]], np.float32)
