@@ -16,7 +16,7 @@ the learning-rate schedule and eq. (1)'s t_k are scaled).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -229,9 +229,15 @@ def save_schedule_file(path: str, space: Space, x, epochs: int, **extra):
                    curve=space.curve(x, epochs).tolist(), **extra), path)
 
 
-def load_schedule_file(path: str):
-    """``(space, x)`` from a ``best_schedule.json``; errors name the field."""
+def load_schedule_file(path: str, epochs: Optional[int] = None):
+    """``(space, x)`` from a ``best_schedule.json``; errors name the field.
+
+    ``x`` must lie in the space's domain (simplex part ≥ 0 summing to 1, box part in [0, 1]). Given
+    ``epochs`` other than the file's, a warning says that R(t) is not the searched curve (the rise
+    terms of eq. 4 use t/T, the decays absolute epochs).
+    """
     import json
+    import warnings
 
     try:
         with open(path) as f:
@@ -247,4 +253,16 @@ def load_schedule_file(path: str):
     if x.shape != (space.dim,) or not np.all(np.isfinite(x)):
         raise ConfigError(f"schedule: 'x' must hold {space.dim} finite numbers for space "
                           f"'{space.name}', got shape {x.shape}")
+    simplex, box = x[:space.n_simplex].astype(np.float64), x[space.n_simplex:]
+    tol = 1e-4
+    if space.n_simplex and (np.any(simplex < -tol) or abs(simplex.sum() - 1.0) > tol):
+        raise ConfigError(f"schedule: the first {space.n_simplex} entries of 'x' (the weights α) must be "
+                          f">= 0 and sum to 1, got {simplex.tolist()}: {path}")
+    if np.any(box < -tol) or np.any(box > 1 + tol):
+        raise ConfigError(f"schedule: the last {space.n_box} entries of 'x' must lie in [0, 1], "
+                          f"got {box.tolist()}: {path}")
+    saved = d.get("epochs")
+    if epochs is not None and saved is not None and int(saved) != int(epochs):
+        warnings.warn(f"schedule: {path} was searched for {saved} epochs and is used for {epochs}: "
+                      f"R(t) is not the searched curve (see its 'curve')", stacklevel=2)
     return space, x

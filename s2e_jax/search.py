@@ -202,6 +202,10 @@ class Searcher:
             raise ConfigError(f"state: saved for a space of dimension {d.get('dim')}, this space has {self.dim}")
         if d.get("samples") != self.samples:
             raise ConfigError(f"state: saved with samples={d.get('samples')}, this searcher has {self.samples}")
+        if d.get("space") != self.space.name:  # spaces of one dimension (rbf/mlp, single1..4) differ
+            raise ConfigError(f"state: saved for space {d.get('space')!r}, this searcher searches {self.space.name!r}")
+        if d.get("worst") != self.worst:
+            raise ConfigError(f"state: saved with worst={d.get('worst')}, this searcher has {self.worst}")
         self.seed = int(d["seed"])
         self.iteration = int(d["iteration"])
         self.history = [dict(r) for r in d["history"]]
@@ -374,6 +378,10 @@ class Relaxation(Searcher):
                             "baseline": self.baseline, "normalize": self.normalize}}
 
     def _load_extra_state(self, d):
+        mine = self._extra_state()["options"]
+        for k, v in d.get("options", {}).items():  # a resumed search must step as the one that saved it
+            if mine.get(k) != v:
+                raise ConfigError(f"state: saved with {k}={v}, this searcher has {mine.get(k)}")
         theta = np.asarray(d["theta"], np.float64)
         if theta.shape != self.theta.shape:
             raise ConfigError(f"state: theta has {theta.size} entries, expected {self.theta.size}")

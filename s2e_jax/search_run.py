@@ -104,6 +104,15 @@ class TrainingObjective:
         T = self.cfg.train.epochs
         epochs = T if budget is None else int(budget)
         ids = list(range(self.next_trial, self.next_trial + len(xs)))
+        for i, t in enumerate(ids):
+            rec = self.cache.get(t)
+            if rec is not None and (not np.array_equal(np.asarray(rec["x"], np.float64), np.asarray(xs[i], np.float64))
+                                    or rec["epochs"] != epochs):
+                raise ConfigError(
+                    f"trial {t}: the search directory holds a training of another schedule or budget than "
+                    f"the search asks now (x={rec['x']}, {rec['epochs']} epochs; asked x={list(map(float, xs[i]))}, "
+                    f"{epochs} epochs): the searcher's code or options changed since it was written; "
+                    "choose another --out (nothing was changed)")
         todo = [i for i, t in enumerate(ids) if t not in self.cache]
         if todo:
             t0 = time.time()
@@ -168,6 +177,7 @@ def run(cfg: SearchConfig, dataset=None) -> dict:
             searcher.load_state_dict(algo_dir.read_json("state.json"))
         cache = {r["trial"]: r for r in runs.read_jsonl(algo_dir.path("trials.jsonl"))}
         _truncate_torn_line(algo_dir.path("trials.jsonl"))
+        _complete_theta_log(algo_dir, searcher)
     done_trials = len(searcher.history)
     def more():
         return searcher.iteration < cfg.iterations and (cfg.max_cost is None or searcher.cost < cfg.max_cost)
@@ -195,11 +205,21 @@ def run(cfg: SearchConfig, dataset=None) -> dict:
         search.run_search(searcher, objective, iterations=searcher.iteration + 1, on_trial=after_tell)
         if algo_dir is not None:
             algo_dir.write_json("state.json", searcher.state_dict())
-            if hasattr(searcher, "theta"):
-                runs.append_line(algo_dir.path("theta.jsonl"), json.dumps(
-                    dict(iteration=searcher.iteration, theta=[float(v) for v in searcher.theta])))
+            _complete_theta_log(algo_dir, searcher)
     bar.close()
     return _finish(cfg, searcher, space, algo_dir, root, cache)
+
+
+def _complete_theta_log(algo_dir, searcher):
+    """Append θ after the iteration just saved in ``state.json`` to ``theta.jsonl`` unless it is there:
+    the state is written first, so a kill between the two is mended on resume."""
+    if not hasattr(searcher, "theta") or searcher.iteration == 0:
+        return
+    path = algo_dir.path("theta.jsonl")
+    _truncate_torn_line(path)
+    if not any(r.get("iteration") == searcher.iteration for r in runs.read_jsonl(path)):
+        runs.append_line(path, json.dumps(dict(iteration=searcher.iteration,
+                                               theta=[float(v) for v in searcher.theta])))
 
 
 def _truncate_torn_line(path):

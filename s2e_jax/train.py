@@ -487,7 +487,7 @@ def schedule_of(config: TrainConfig):
     """``(rate, params)`` of the run: a searched schedule file, eq. (1), or R == 1."""
     uses_schedule = selection.get_rule(config.method).uses_schedule
     if config.schedule is not None:
-        space, x = schedules.load_schedule_file(config.schedule)
+        space, x = schedules.load_schedule_file(config.schedule, config.epochs)
         return space.rate, np.asarray(space.decode(np.asarray(x, np.float32), config.epochs))
     if not uses_schedule:
         return schedules.constant_rate, np.zeros((1,), np.float32)

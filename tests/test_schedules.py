@@ -1,3 +1,6 @@
+import json
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +71,27 @@ def test_bad_schedule_file(tmp_path):
         schedules.load_schedule_file(str(p))
     with pytest.raises(ConfigError, match="space"):
         schedules.get_space("nope")
+
+
+@pytest.mark.parametrize("x, match", [([0.5, 0.5, 0.5, -0.5] + [0.5] * 16, "weights α"),   # sums to 1
+                                      ([0.4, 0.2, 0.2, 0.1] + [0.5] * 16, "weights α"),    # sums to 0.9
+                                      ([0.25] * 4 + [0.5] * 15 + [1.5], r"\[0, 1\]")])
+def test_schedule_file_outside_the_domain_is_refused(tmp_path, x, match):
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({"space": "s2e", "x": x, "epochs": 10}))
+    with pytest.raises(ConfigError, match=match):
+        schedules.load_schedule_file(str(p))
+
+
+def test_schedule_file_for_other_epochs_warns(tmp_path):
+    space = schedules.get_space("s2e")
+    x = np.concatenate([[0.25] * 4, np.full(16, 0.5)])
+    schedules.save_schedule_file(str(tmp_path / "s.json"), space, x, 30)
+    with pytest.warns(UserWarning, match="searched for 30 epochs and is used for 200"):
+        schedules.load_schedule_file(str(tmp_path / "s.json"), 200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        schedules.load_schedule_file(str(tmp_path / "s.json"), 30)
 
 
 def test_time_scaled_space_is_the_same_schedule_on_a_faster_clock():

@@ -236,6 +236,19 @@ def test_load_state_checks_algorithm_and_batch_size():
         search.make_searcher("random", get_space("coteaching"), samples=4).load_state_dict(s.state_dict())
 
 
+def test_load_state_checks_the_space_and_the_options():
+    """Spaces of one dimension (rbf / mlp: 13) and other step options are refused, not resumed."""
+    assert get_space("rbf").dim == get_space("mlp").dim
+    saved = search.make_searcher("newton", get_space("rbf"), samples=2).state_dict()
+    with pytest.raises(ConfigError, match="state: saved for space 'rbf'"):
+        search.make_searcher("newton", get_space("mlp"), samples=2).load_state_dict(saved)
+    with pytest.raises(ConfigError, match="state: saved with rho=1.0"):
+        search.make_searcher("newton", get_space("rbf"), samples=2, rho=3.0).load_state_dict(saved)
+    with pytest.raises(ConfigError, match="state: saved with worst=None"):
+        search.make_searcher("newton", get_space("rbf"), samples=2, worst=1.0).load_state_dict(saved)
+    search.make_searcher("newton", get_space("rbf"), samples=2).load_state_dict(saved)  # the same: fine
+
+
 def test_failed_trainings_are_recorded_and_search_continues():
     calls = []
 

@@ -82,6 +82,34 @@ def test_finished_search_is_not_rerun_and_other_settings_are_refused(tmp_path, s
         search_run.run(other, small_digits)
 
 
+def test_a_cached_training_of_another_schedule_is_refused(tmp_path, small_digits):
+    """trials.jsonl's trials are reused by number only when they hold the schedule (and budget) the
+    search asks now; otherwise (the searcher changed since) a clear error, and the file is kept."""
+    out = tmp_path / "s"
+    search_run.run(_cfg(out, algo="random", iterations=1), small_digits)
+    path = out / "random" / "trials.jsonl"
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    recs[1]["x"][0] += 1e-9
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (out / "random" / "state.json").unlink()  # the search starts over and meets its cached trials
+    before = path.read_text()
+    with pytest.raises(ConfigError, match="trial 1: .*another schedule"):
+        search_run.run(_cfg(out, algo="random", iterations=1), small_digits)
+    assert path.read_text() == before
+
+
+def test_theta_log_missing_its_last_line_is_completed_on_resume(tmp_path, small_digits):
+    """state.json is written before theta.jsonl: a kill between them loses no line for good."""
+    out = tmp_path / "s"
+    search_run.run(_cfg(out, iterations=2), small_digits)
+    log = out / "newton" / "theta.jsonl"
+    full = log.read_text()
+    assert [json.loads(line)["iteration"] for line in full.splitlines()] == [1, 2]
+    log.write_text(full.splitlines(keepends=True)[0])
+    search_run.run(_cfg(out, iterations=2), small_digits)  # finished: nothing trains, the line comes back
+    assert log.read_text() == full
+
+
 def test_best_schedule_is_reused_by_train(tmp_path, small_digits):
     from s2e_jax.train import train
 
