@@ -78,7 +78,21 @@ def _identity(cfg: SearchConfig) -> dict:
         t.pop(k, None)
     if t.get("precision") == "float32":  # the default: directories made before the field match
         t.pop("precision")
-    return dict(train=t, space=cfg.space, objective=cfg.objective)
+    return _paths_absolute(dict(train=t, space=cfg.space, objective=cfg.objective))
+
+
+_PATH_FIELDS = ("data_dir", "label_file", "transition_matrix", "schedule")
+
+
+def _paths_absolute(ident: dict) -> dict:
+    """The identity with its file paths absolute, so that ``mnist.npz`` and ``/abs/mnist.npz`` (or a
+    resume from another directory) name the same data."""
+    t = dict(ident.get("train", {}))
+    for k in _PATH_FIELDS + ("dataset",):
+        v = t.get(k)
+        if isinstance(v, str) and (k != "dataset" or v.lower().endswith(".npz")):
+            t[k] = os.path.abspath(v)
+    return dict(ident, train=t)
 
 
 def trial_seed(seed: int, trial: int) -> int:
@@ -160,7 +174,7 @@ def run(cfg: SearchConfig, dataset=None) -> dict:
         fresh = not root.exists("search_config.json")
         if not fresh:
             old = root.read_json("search_config.json")
-            if old.get("identity") != ident:
+            if _paths_absolute(old.get("identity") or {}) != ident:
                 raise ConfigError(f"out: {cfg.out} holds a search with other settings (data, noise, "
                                   "training, space or seed); choose another --out")
         elif os.path.isdir(root.root) and os.listdir(root.root):

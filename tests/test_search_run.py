@@ -110,6 +110,22 @@ def test_theta_log_missing_its_last_line_is_completed_on_resume(tmp_path, small_
     assert log.read_text() == full
 
 
+def test_identity_names_files_by_their_absolute_path(tmp_path, monkeypatch):
+    """``--dataset mnist.npz`` from its folder and ``/abs/mnist.npz`` resume the same search; a
+    data set name (not a file) stays as it is."""
+    monkeypatch.chdir(tmp_path)
+    rel = _cfg(tmp_path / "s")
+    rel.train = rel.train.replace(dataset="mnist.npz", label_file="labels.npy")
+    ab = _cfg(tmp_path / "s")
+    ab.train = ab.train.replace(dataset=str(tmp_path / "mnist.npz"), label_file=str(tmp_path / "labels.npy"))
+    assert search_run._identity(rel) == search_run._identity(ab)
+    assert search_run._identity(rel)["train"]["dataset"] == str(tmp_path / "mnist.npz")
+    assert search_run._identity(_cfg(tmp_path))["train"]["dataset"] == "digits"
+    other = _cfg(tmp_path / "s")
+    other.train = other.train.replace(dataset=str(tmp_path / "other.npz"))
+    assert search_run._identity(other) != search_run._identity(ab)
+
+
 def test_best_schedule_is_reused_by_train(tmp_path, small_digits):
     from s2e_jax.train import train
 
