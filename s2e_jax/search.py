@@ -303,6 +303,12 @@ class Relaxation(Searcher):
     the project notes), η = 0.1 and L = 1e3 (with ``normalize`` the eigenvalues of the Proposition 1
     estimate were 1e-9..30: η caps the amplification of any direction at 1/η = 10, L is a formal
     bound that is rarely active), θ_min = 1 (as the authors' release: p_θ never becomes U-shaped).
+    These η, L do not satisfy Theorem 1's conditions (2 − Lη + η² ≥ 0 and 2η² + Lη − 2 ≥ 0 need
+    Lη ≈ 2), so its guarantee is not claimed for the defaults; ``eta=0.1, L=20`` would meet them.
+    For ``'ng'`` the exact Fisher matrix is positive definite already; the same clip still applies,
+    so once p_θ concentrates (smallest Fisher eigenvalue below η: 0.03 at a Beta(3, 3) block) NG's
+    steps along an eigenvector of eigenvalue λ < η are shrunk by the factor η/λ. Pass a small ``eta``
+    for the undamped natural gradient.
 
     Args (besides :class:`Searcher`'s):
       curvature: ``'newton'`` | ``'gd'`` | ``'ng'``.
