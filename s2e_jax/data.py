@@ -12,7 +12,10 @@ Sources:
 Splits (Table 3): the whole train split is used for training; the test split (10,000 images for
 MNIST/CIFAR) is halved in its stored order: the first half (5,000) is the clean validation set, the
 second half (5,000) the clean test set. With an odd number of test examples the test half gets the
-extra one.
+extra one. "Stored order" is the source's: an ``.npz`` as given (``mnist.npz`` of the original
+files: the torchvision order the paper's code used); tensorflow-datasets stores the examples of a
+split in its own (key-hashed) order unless a builder disables shuffling, so its halves are clean,
+disjoint and fixed, but not the same 5,000 images as torchvision's.
 
 Images are uint8 NHWC; labels int32. Everything stays in numpy; the trainer moves it to the device.
 """
