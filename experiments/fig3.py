@@ -52,7 +52,7 @@ def main(argv=None):
     table += "".join(f"| {n} | {paper.LABELS[m]} | {paper.fmt(f)} | {paper.fmt(b)} | {paper.fmt(l)} | "
                      f"{paper.fmt(lp, k)} | {paper.fmt(mlp)} |\n" for n, m, f, b, l, lp, mlp, k in rows)
     table += ("\nLabel precision: the fraction of clean labels among the samples a method trains on "
-              "(Standard, F-correction, Reweight: all samples); n/a or (i of n): in the last epoch the method kept no sample (Co-teaching+ and Decoupling keep only samples where the two networks disagree, and they can come to agree on all). S2E: Co-teaching with the schedule of "
+              "(Standard, F-correction, Reweight: all samples); n/a or (i of n): in the last epoch the method kept no sample (Decoupling keeps only samples where the two networks disagree, and they can come to agree on all; Co-teaching+ too, but it learns from the whole batch where they agree on all of it, while the authors' step counter epoch x batch is below 5,000). S2E: Co-teaching with the schedule of "
               "`search_s2e/<noise>/newton/best_schedule.json`.\n")
     study.write("fig3.md", table)
 

@@ -44,6 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from s2e_jax import search_run  # noqa: E402
 from s2e_jax import schedules  # noqa: E402
+from s2e_jax import selection  # noqa: E402
 from s2e_jax.config import ConfigError, TrainConfig  # noqa: E402
 from s2e_jax.train import train  # noqa: E402
 
@@ -198,6 +199,8 @@ class Study:
         """
         run_dir = os.path.normpath(run_dir)
         done = os.path.join(run_dir, "summary.json")
+        if os.path.exists(done) and not current_method(done, cfg.method):
+            os.replace(run_dir, f"{run_dir}.stale-{int(time.time())}")  # an older rule: kept, run again
         if os.path.exists(done) and expect_r is not None:
             used = read_metrics(os.path.join(run_dir, "metrics.csv"))["r"]
             if used.shape != np.shape(expect_r) or not np.allclose(used, expect_r, atol=1e-4):
@@ -248,6 +251,13 @@ class Study:
         self.search(kind, rate, "newton", self.space("s2e"), sc.s2e_iterations, sc.s2e_samples,
                     os.path.join("search_s2e", noise_key(kind, rate)))
         return os.path.join(self.s2e_search_dir(kind, rate), "newton", "best_schedule.json")
+
+
+def current_method(summary_path: str, method: str) -> bool:
+    """Whether a finished run (its ``summary.json``) ran ``method``'s current rule
+    (:data:`s2e_jax.selection.METHOD_VERSIONS`; runs from before versions were recorded are 1)."""
+    with open(summary_path) as f:
+        return json.load(f).get("method_version", 1) == selection.method_version(method)
 
 
 def read_metrics(path: str) -> dict:

@@ -336,7 +336,15 @@ def _identity(cfg: AsngConfig) -> dict:
     d.pop("out")
     for k in ("out", "progress", "net_form", "driver", "conv_impl", "pool_s2d", "eval_batch_size", "memory_budget_mib"):
         d["train"].pop(k, None)   # how it runs, not what it computes
+    d["train"] = runs.files_by_content(d["train"])
     return d
+
+
+def _normalized(ident):
+    """A saved identity with its files named by content, as :func:`_identity` names them."""
+    if not isinstance(ident, dict) or not isinstance(ident.get("train"), dict):
+        return ident
+    return dict(ident, train=runs.files_by_content(ident["train"]))
 
 
 def _open_out(cfg: AsngConfig):
@@ -352,7 +360,7 @@ def _open_out(cfg: AsngConfig):
         ident = _identity(cfg)
         try:
             same = (root.exists("asng_config.json")
-                    and root.read_json("asng_config.json").get("identity") == ident)
+                    and _normalized(root.read_json("asng_config.json").get("identity")) == ident)
         except (OSError, ValueError):
             same = False
         if not same:

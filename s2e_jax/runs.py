@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -158,3 +159,32 @@ class progress:
             self.bar.close()
         elif self.enabled:
             print(file=sys.stderr)
+
+
+# ------------------------------------------------------------------ resume identities
+FILE_FIELDS = ("dataset", "data_dir", "label_file", "transition_matrix", "schedule")
+
+
+def _file_key(path: str) -> str:
+    """A file by its content (``sha256:…``), so that the same file resumes the same run from any
+    path; a folder or a missing file by its absolute path."""
+    if os.path.isfile(path):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return "sha256:" + h.hexdigest()
+    return os.path.abspath(path)
+
+
+def files_by_content(train: dict) -> dict:
+    """A training config dict (``TrainConfig.to_dict()``) with its file paths (an ``.npz`` data
+    set, ``data_dir``, label, transition-matrix and schedule files) replaced by :func:`_file_key`:
+    the resume identity of a search or ASNG run. Old identities (plain paths) compare equal after
+    the same mapping while their files are where they were."""
+    t = dict(train)
+    for k in FILE_FIELDS:
+        v = t.get(k)
+        if isinstance(v, str) and not v.startswith("sha256:") and (k != "dataset" or v.lower().endswith(".npz")):
+            t[k] = _file_key(v)
+    return t

@@ -262,7 +262,9 @@ def load_schedule_file(path: str, epochs: Optional[int] = None):
         raise ConfigError(f"schedule: the last {space.n_box} entries of 'x' must lie in [0, 1], "
                           f"got {box.tolist()}: {path}")
     saved = d.get("epochs")
-    if epochs is not None and saved is not None and int(saved) != int(epochs):
+    if saved is not None and (isinstance(saved, bool) or not isinstance(saved, int) or saved < 1):
+        raise ConfigError(f"schedule: 'epochs' must be a positive integer, got {saved!r}: {path}")
+    if epochs is not None and saved is not None and saved != int(epochs):
         warnings.warn(f"schedule: {path} was searched for {saved} epochs and is used for {epochs}: "
                       f"R(t) is not the searched curve (see its 'curve')", stacklevel=2)
     return space, x

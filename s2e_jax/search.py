@@ -206,11 +206,11 @@ class Searcher:
             raise ConfigError(f"state: saved for space {d.get('space')!r}, this searcher searches {self.space.name!r}")
         if d.get("worst") != self.worst:
             raise ConfigError(f"state: saved with worst={d.get('worst')}, this searcher has {self.worst}")
+        self._load_extra_state(d)  # checks its options before it changes anything; then the rest
         self.seed = int(d["seed"])
         self.iteration = int(d["iteration"])
         self.history = [dict(r) for r in d["history"]]
         self._pending = None
-        self._load_extra_state(d)
         return self
 
 

@@ -78,21 +78,12 @@ def _identity(cfg: SearchConfig) -> dict:
         t.pop(k, None)
     if t.get("precision") == "float32":  # the default: directories made before the field match
         t.pop("precision")
-    return _paths_absolute(dict(train=t, space=cfg.space, objective=cfg.objective))
+    return _normalized(dict(train=t, space=cfg.space, objective=cfg.objective))
 
 
-_PATH_FIELDS = ("data_dir", "label_file", "transition_matrix", "schedule")
-
-
-def _paths_absolute(ident: dict) -> dict:
-    """The identity with its file paths absolute, so that ``mnist.npz`` and ``/abs/mnist.npz`` (or a
-    resume from another directory) name the same data."""
-    t = dict(ident.get("train", {}))
-    for k in _PATH_FIELDS + ("dataset",):
-        v = t.get(k)
-        if isinstance(v, str) and (k != "dataset" or v.lower().endswith(".npz")):
-            t[k] = os.path.abspath(v)
-    return dict(ident, train=t)
+def _normalized(ident: dict) -> dict:
+    """The identity with its files named by content (:func:`s2e_jax.runs.files_by_content`)."""
+    return dict(ident, train=runs.files_by_content(ident.get("train", {})))
 
 
 def trial_seed(seed: int, trial: int) -> int:
@@ -120,13 +111,14 @@ class TrainingObjective:
         ids = list(range(self.next_trial, self.next_trial + len(xs)))
         for i, t in enumerate(ids):
             rec = self.cache.get(t)
-            if rec is not None and (not np.array_equal(np.asarray(rec["x"], np.float64), np.asarray(xs[i], np.float64))
-                                    or rec["epochs"] != epochs):
+            # (x is sampled in float32: another backend or JAX version may move its last bits)
+            if rec is not None and (not np.allclose(np.asarray(rec["x"], np.float64), np.asarray(xs[i], np.float64),
+                                                    rtol=0, atol=1e-6) or rec["epochs"] != epochs):
                 raise ConfigError(
                     f"trial {t}: the search directory holds a training of another schedule or budget than "
                     f"the search asks now (x={rec['x']}, {rec['epochs']} epochs; asked x={list(map(float, xs[i]))}, "
-                    f"{epochs} epochs): the searcher's code or options changed since it was written; "
-                    "choose another --out (nothing was changed)")
+                    f"{epochs} epochs): the searcher's code, options or sampling (JAX version) changed since "
+                    "it was written; choose another --out (nothing was changed)")
         todo = [i for i, t in enumerate(ids) if t not in self.cache]
         if todo:
             t0 = time.time()
@@ -174,7 +166,7 @@ def run(cfg: SearchConfig, dataset=None) -> dict:
         fresh = not root.exists("search_config.json")
         if not fresh:
             old = root.read_json("search_config.json")
-            if _paths_absolute(old.get("identity") or {}) != ident:
+            if _normalized(old.get("identity") or {}) != ident:
                 raise ConfigError(f"out: {cfg.out} holds a search with other settings (data, noise, "
                                   "training, space or seed); choose another --out")
         elif os.path.isdir(root.root) and os.listdir(root.root):

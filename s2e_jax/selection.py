@@ -23,6 +23,7 @@ parameters by its momentum on such a step, as in the released PyTorch code of th
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -31,6 +32,18 @@ import optax
 
 from s2e_jax import fcorrection
 from s2e_jax.config import ConfigError
+
+
+def apply_rule(rule, losses, logits, labels, r, epoch, batch):
+    """``rule(losses, logits, labels, r, epoch, batch)``; a rule written for the older interface
+    without ``batch`` is called without it."""
+    try:
+        inspect.signature(rule).bind(losses, logits, labels, r, epoch, batch)
+    except TypeError:
+        return rule(losses, logits, labels, r, epoch)
+    except ValueError:  # no signature to inspect (some builtins): the current interface
+        pass
+    return rule(losses, logits, labels, r, epoch, batch)
 
 
 def num_keep(r, batch_size):
@@ -188,6 +201,17 @@ METHOD_RULES = {
     "fcorrection": MethodSpec(1, standard_rule, False, fcorrection.forward_corrected_ce),
     "reweight": MethodSpec(1, None, False, weights_fn=reweight_weights),
 }
+
+
+# A method's version goes up when what it computes changes, so that cached runs of the old one are
+# not taken for new ones (recorded in config.json and summary.json as ``method_version``; runs
+# without it are version 1). coteaching_plus 2: the authors' small-D and empty-D rules (2026-11-26).
+METHOD_VERSIONS = {"coteaching_plus": 2}
+
+
+def method_version(method: str) -> int:
+    """The version of ``method``'s rule (1 unless :data:`METHOD_VERSIONS` says otherwise)."""
+    return METHOD_VERSIONS.get(method, 1)
 
 
 def get_rule(method: str, init_epochs: int = 0) -> MethodSpec:

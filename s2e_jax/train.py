@@ -278,7 +278,8 @@ class Trainer:
         logits, new_bs = self.forward(params, batch_stats, xb, key, True)
         losses = self.sample_loss(logits, yb, transition)  # [N, B]
         if given is None:
-            w, kept = self.rule(jax.lax.stop_gradient(losses), jax.lax.stop_gradient(logits), yb, r, epoch, batch)
+            w, kept = selection.apply_rule(self.rule, jax.lax.stop_gradient(losses), jax.lax.stop_gradient(logits),
+                                           yb, r, epoch, batch)
         else:
             w, kept = given
         per_net = (w * losses).sum(1) / jnp.maximum(w.sum(1), 1e-12)
@@ -531,6 +532,7 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
     noise_info = dict(actual_noise_rate=float(1.0 - is_clean.mean()), n_train=int(len(ds.y_train)),
                       n_val=int(len(ds.y_val)), n_test=int(len(ds.y_test)), num_classes=int(ds.num_classes))
     transition = None
+    noise_info["method_version"] = selection.method_version(config.method)
     if config.method == "coteaching_plus":
         noise_info["init_epochs_resolved"] = config.resolved_init_epochs()
     if config.method == "fcorrection":

@@ -146,6 +146,25 @@ def test_an_interrupted_run_directory_is_moved_aside_not_lost(tmp_path):
     assert len(aside) == 1 and os.path.exists(os.path.join(str(tmp_path), "methods", aside[0], "config.json"))
 
 
+def test_a_run_of_an_older_rule_is_moved_aside_and_run_again(tmp_path):
+    """A finished Co-teaching+ run without ``method_version`` (made before its rule changed) is not
+    reused: it is kept beside as ``.stale-*`` and trained again; a current one is reused."""
+    study = paper.Study("digits", paper.get_scale("smoke"), str(tmp_path))
+    cfg = study.config("symmetric", 0.5, method="coteaching_plus", epochs=1, decay_start=0)
+    run_dir = study.path("methods", "cp", "")
+    first = study.run(cfg, run_dir)["summary"]
+    assert first["method_version"] == 2
+    assert study.run(cfg, run_dir)["summary"] == first                      # current: reused
+    old = dict(first, final_test_acc=-1.0)
+    del old["method_version"]
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(old, f)
+    again = study.run(cfg, run_dir)["summary"]
+    assert again["final_test_acc"] == first["final_test_acc"] and again["method_version"] == 2
+    aside = [d for d in os.listdir(os.path.join(str(tmp_path), "methods")) if d.startswith("cp.stale-")]
+    assert len(aside) == 1
+
+
 @pytest.mark.parametrize("argv, field", [(["--scale", "huge"], "scale"), (["--noises", "pair"], "noises")])
 def test_bad_arguments_give_one_clear_message(tmp_path, capsys, argv, field):
     with pytest.raises(SystemExit) as e:

@@ -83,6 +83,13 @@ def test_schedule_file_outside_the_domain_is_refused(tmp_path, x, match):
         schedules.load_schedule_file(str(p))
 
 
+def test_schedule_file_with_a_bad_epochs_field_is_refused(tmp_path):
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({"space": "s2e", "x": [0.25] * 4 + [0.5] * 16, "epochs": "ten"}))
+    with pytest.raises(ConfigError, match="'epochs' must be a positive integer"):
+        schedules.load_schedule_file(str(p), 10)
+
+
 def test_schedule_file_for_other_epochs_warns(tmp_path):
     space = schedules.get_space("s2e")
     x = np.concatenate([[0.25] * 4, np.full(16, 0.5)])

@@ -239,11 +239,16 @@ def test_load_state_checks_algorithm_and_batch_size():
 def test_load_state_checks_the_space_and_the_options():
     """Spaces of one dimension (rbf / mlp: 13) and other step options are refused, not resumed."""
     assert get_space("rbf").dim == get_space("mlp").dim
-    saved = search.make_searcher("newton", get_space("rbf"), samples=2).state_dict()
+    s = search.make_searcher("newton", get_space("rbf"), samples=2)
+    xs, _ = s.ask()
+    s.tell(xs, [0.3, 0.2])
+    saved = s.state_dict()
     with pytest.raises(ConfigError, match="state: saved for space 'rbf'"):
         search.make_searcher("newton", get_space("mlp"), samples=2).load_state_dict(saved)
+    other = search.make_searcher("newton", get_space("rbf"), samples=2, rho=3.0)
     with pytest.raises(ConfigError, match="state: saved with rho=1.0"):
-        search.make_searcher("newton", get_space("rbf"), samples=2, rho=3.0).load_state_dict(saved)
+        other.load_state_dict(saved)
+    assert other.iteration == 0 and other.history == [] and np.all(other.theta == 1.0)  # unchanged
     with pytest.raises(ConfigError, match="state: saved with worst=None"):
         search.make_searcher("newton", get_space("rbf"), samples=2, worst=1.0).load_state_dict(saved)
     search.make_searcher("newton", get_space("rbf"), samples=2).load_state_dict(saved)  # the same: fine

@@ -89,13 +89,18 @@ def test_a_cached_training_of_another_schedule_is_refused(tmp_path, small_digits
     search_run.run(_cfg(out, algo="random", iterations=1), small_digits)
     path = out / "random" / "trials.jsonl"
     recs = [json.loads(line) for line in path.read_text().splitlines()]
-    recs[1]["x"][0] += 1e-9
+    recs[1]["x"][0] += 1e-3
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     (out / "random" / "state.json").unlink()  # the search starts over and meets its cached trials
     before = path.read_text()
     with pytest.raises(ConfigError, match="trial 1: .*another schedule"):
         search_run.run(_cfg(out, algo="random", iterations=1), small_digits)
     assert path.read_text() == before
+    recs[1]["x"][0] -= 1e-3 - 1e-7           # the same x up to float32 sampling noise ...
+    recs[0]["epochs"] = 2                    # ... but another budget
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(ConfigError, match="trial 0: .*2 epochs; .* 3 epochs"):
+        search_run.run(_cfg(out, algo="random", iterations=1), small_digits)
 
 
 def test_theta_log_missing_its_last_line_is_completed_on_resume(tmp_path, small_digits):
@@ -110,20 +115,27 @@ def test_theta_log_missing_its_last_line_is_completed_on_resume(tmp_path, small_
     assert log.read_text() == full
 
 
-def test_identity_names_files_by_their_absolute_path(tmp_path, monkeypatch):
-    """``--dataset mnist.npz`` from its folder and ``/abs/mnist.npz`` resume the same search; a
+def test_identity_names_files_by_their_content(tmp_path, monkeypatch):
+    """``--dataset mnist.npz`` from its folder, ``/abs/mnist.npz`` and a copy elsewhere resume the same
+    search; another file does not; a saved identity with plain paths (older runs) still matches; a
     data set name (not a file) stays as it is."""
     monkeypatch.chdir(tmp_path)
-    rel = _cfg(tmp_path / "s")
-    rel.train = rel.train.replace(dataset="mnist.npz", label_file="labels.npy")
-    ab = _cfg(tmp_path / "s")
-    ab.train = ab.train.replace(dataset=str(tmp_path / "mnist.npz"), label_file=str(tmp_path / "labels.npy"))
-    assert search_run._identity(rel) == search_run._identity(ab)
-    assert search_run._identity(rel)["train"]["dataset"] == str(tmp_path / "mnist.npz")
-    assert search_run._identity(_cfg(tmp_path))["train"]["dataset"] == "digits"
-    other = _cfg(tmp_path / "s")
-    other.train = other.train.replace(dataset=str(tmp_path / "other.npz"))
-    assert search_run._identity(other) != search_run._identity(ab)
+    (tmp_path / "mnist.npz").write_bytes(b"data")
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "mnist.npz").write_bytes(b"data")
+    (tmp_path / "other.npz").write_bytes(b"other")
+
+    def ident(dataset):
+        c = _cfg(tmp_path / "s")
+        c.train = c.train.replace(dataset=dataset)
+        return search_run._identity(c)
+
+    rel, ab, cp = ident("mnist.npz"), ident(str(tmp_path / "mnist.npz")), ident("copy/mnist.npz")
+    assert rel == ab == cp and rel["train"]["dataset"].startswith("sha256:")
+    assert ident("other.npz") != rel
+    assert ident("digits")["train"]["dataset"] == "digits"
+    old = dict(rel, train=dict(rel["train"], dataset=str(tmp_path / "mnist.npz")))  # as saved before
+    assert search_run._normalized(old) == rel
 
 
 def test_best_schedule_is_reused_by_train(tmp_path, small_digits):
