@@ -39,7 +39,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--decay-start", type=int, default=None, help="default: 0.4 * epochs (80 of 200)")
     p.add_argument("--model", default="auto")
-    p.add_argument("--out", required=True)
+    p.add_argument("--input-norm", default="standardize", help="standardize | unit (pixels / 255 as the released code)")
+    p.add_argument("--out", required=True, help="one folder per setting: finished runs in it are reused by name")
     a = p.parse_args(argv)
     decay = a.decay_start if a.decay_start is not None else int(round(0.4 * a.epochs))
     os.makedirs(a.out, exist_ok=True)
@@ -59,6 +60,7 @@ def main(argv=None):
                     continue
                 cfg = TrainConfig(dataset=a.dataset, noise=kind, noise_rate=float(rate), method=method,
                                   epochs=a.epochs, decay_start=decay, seed=seed, model=a.model, out=run_dir,
+                                  input_norm=a.input_norm,
                                   progress=False)
                 res.append(train(cfg).summary)
                 print(f"{kind} {rate} {method} seed {seed}: final {res[-1]['final_test_acc']:.4f}",

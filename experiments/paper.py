@@ -156,6 +156,7 @@ class Study:
     scale: Scale
     root: str
     progress: bool = False
+    input_norm: str = "standardize"   # TrainConfig.input_norm ("unit": the released code's pixels / 255)
 
     def config(self, kind: str, rate: float, **kw) -> TrainConfig:
         """Appendix A's training for this data set and scale (model: Table 4's for the data set).
@@ -165,7 +166,7 @@ class Study:
         """
         base = dict(dataset=self.dataset, noise=kind, noise_rate=rate, epochs=self.scale.epochs,
                     decay_start=self.scale.decay_start, t_k=10.0 * self.scale.epochs / 200.0,
-                    progress=self.progress)
+                    progress=self.progress, input_norm=self.input_norm)
         base.update(kw)
         return TrainConfig(**base).validate()
 
@@ -339,6 +340,9 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--noises", nargs="+", default=None, help="override the scale's noise settings: KIND:RATE ...")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the scale's seeds")
     p.add_argument("--progress", action="store_true", help="per-epoch progress bars")
+    p.add_argument("--input-norm", default="standardize",
+                   help="standardize | unit (pixels / 255 as the released code; results go to "
+                        "<out>/<scale>/<dataset>-unit)")
     return p
 
 
@@ -348,9 +352,12 @@ def study_from_args(args) -> Study:
         sc = dataclasses.replace(sc, noises=parse_noises(args.noises), algo_noises=parse_noises(args.noises))
     if args.seeds:
         sc = dataclasses.replace(sc, seeds=tuple(args.seeds))
-    root = os.path.join(args.out, sc.name, dataset_tag(args.dataset))
+    tag = dataset_tag(args.dataset) + ("" if args.input_norm == "standardize" else f"-{args.input_norm}")
+    root = os.path.join(args.out, sc.name, tag)
+    study = Study(args.dataset, sc, root, progress=args.progress, input_norm=args.input_norm)
+    study.config("symmetric", 0.5)  # validates the options (one clear message) before anything is written
     os.makedirs(root, exist_ok=True)
-    return Study(args.dataset, sc, root, progress=args.progress)
+    return study
 
 
 def main_guard(fn):

@@ -336,6 +336,8 @@ def _identity(cfg: AsngConfig) -> dict:
     d.pop("out")
     for k in ("out", "progress", "net_form", "driver", "conv_impl", "pool_s2d", "eval_batch_size", "memory_budget_mib"):
         d["train"].pop(k, None)   # how it runs, not what it computes
+    if d["train"].get("input_norm") == "standardize":  # the default: runs made before the field match
+        d["train"].pop("input_norm")
     d["train"] = runs.files_by_content(d["train"])
     return d
 

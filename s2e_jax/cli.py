@@ -23,6 +23,9 @@ def _add_train_args(p: argparse.ArgumentParser):
     p.add_argument("--noise-rate", type=float, default=d.noise_rate)
     p.add_argument("--noise-seed", type=int, default=None, help="seed of the label noise (default: --seed)")
     p.add_argument("--model", default=d.model, help="auto | mlp | model1 | model2 | model3 (Table 4)")
+    p.add_argument("--input-norm", default=d.input_norm,
+                   help="standardize (per-channel mean/std of the training images) | unit (pixels / 255, "
+                        "as the released code of Co-teaching and S2E)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)

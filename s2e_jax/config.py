@@ -26,6 +26,7 @@ MODELS = ("auto", "mlp", "model1", "model2", "model3")
 NET_FORMS = ("auto", "vmap", "unroll", "fused")
 DRIVERS = ("auto", "scan", "loop")
 PRECISIONS = ("float32", "bfloat16")
+INPUT_NORMS = ("standardize", "unit")
 CONV_IMPLS = ("auto", "xla", "patches", "slices", "blockdiag")
 POOL_S2D = ("auto", "on", "off")
 
@@ -78,6 +79,9 @@ class TrainConfig:
     transition_matrix: Optional[str] = None   # fcorrection: .npy of T (C, C); None: estimate T
     fcorr_warmup_epochs: Optional[int] = None  # fcorrection: epochs of the net estimating T; None: epochs
     fcorr_estimator: str = "percentile97"      # fcorrection: percentile97 | argmax (Patrini et al. 2017)
+    # input: "standardize" (per-channel mean/std of the training images) or "unit" (pixels / 255 only:
+    # the ToTensor() of Co-teaching's and S2E's released code)
+    input_norm: str = "standardize"
     # optimizer (Appendix A)
     epochs: int = 200
     batch_size: int = 128
@@ -129,6 +133,7 @@ class TrainConfig:
         _check_choice("pool_s2d", self.pool_s2d, POOL_S2D)
         _check_int("eval_batch_size", self.eval_batch_size, 1)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("input_norm", self.input_norm, INPUT_NORMS)
         if self.memory_budget_mib is not None:
             _check_float("memory_budget_mib", self.memory_budget_mib, 0.0, lo_open=True)
         if self.init_epochs != "auto":

@@ -76,8 +76,9 @@ def _identity(cfg: SearchConfig) -> dict:
     t = cfg.train.to_dict()
     for k in ("out", "progress", "net_form", "driver", "conv_impl", "pool_s2d", "eval_batch_size", "memory_budget_mib"):
         t.pop(k, None)
-    if t.get("precision") == "float32":  # the default: directories made before the field match
-        t.pop("precision")
+    for k, default in (("precision", "float32"), ("input_norm", "standardize")):
+        if t.get(k) == default:  # the default: directories made before the field match
+            t.pop(k)
     return _normalized(dict(train=t, space=cfg.space, objective=cfg.objective))
 
 

@@ -55,9 +55,19 @@ class DeviceData(NamedTuple):
     transition: jax.Array  # float32 [K, K]: F-correction's T (identity otherwise); traced, not static
 
 
-def device_data(ds, is_clean, transition=None) -> DeviceData:
-    """Put a :class:`s2e_jax.data.Dataset` on the device once (``transition``: F-correction's T)."""
-    mean, std = channel_stats(ds.x_train)
+def device_data(ds, is_clean, transition=None, input_norm: str = "standardize") -> DeviceData:
+    """Put a :class:`s2e_jax.data.Dataset` on the device once (``transition``: F-correction's T).
+
+    ``input_norm``: ``"standardize"`` (per-channel mean and std of the training images) or
+    ``"unit"`` (pixels / 255 only, as ``ToTensor()`` in Co-teaching's and S2E's released code).
+    """
+    if input_norm == "unit":
+        c = ds.x_train.shape[-1]
+        mean, std = np.zeros(c, np.float32), np.ones(c, np.float32)
+    elif input_norm == "standardize":
+        mean, std = channel_stats(ds.x_train)
+    else:
+        raise ConfigError(f"input_norm: unknown value {input_norm!r} (expected one of standardize, unit)")
     put = jax.device_put
     return DeviceData(put(ds.x_train), put(ds.y_train.astype(np.int32)), put(is_clean.astype(np.float32)),
                       put(ds.x_val), put(ds.y_val.astype(np.int32)), put(ds.x_test),
@@ -88,7 +98,8 @@ def channel_stats(x):
 
 
 def normalize(x, mean, std):
-    """uint8 images -> float32, per-channel standardized (done per batch, on the device)."""
+    """uint8 images -> float32 in [0, 1], then ``(x - mean) / std`` per channel (per batch, on the
+    device; mean 0 and std 1 for ``input_norm="unit"``)."""
     return (x.astype(jnp.float32) / 255.0 - mean) / std
 
 
@@ -540,7 +551,7 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
 
         transition, info = fcorrection.transition_for(config, ds)
         noise_info.update(info)
-    return Prepared(config, trainer, device_data(ds, is_clean, transition), sched, model_name, noise_info,
+    return Prepared(config, trainer, device_data(ds, is_clean, transition, config.input_norm), sched, model_name, noise_info,
                     transition)
 
 

@@ -49,6 +49,7 @@ def _npz(tmp_path, **over):
     (["--epochs", "0"], "epochs"),
     (["--dataset", "/no/such/file.npz"], "dataset"),
     (["--label-file", "/no/such/labels.npy"], "label_file"),
+    (["--input-norm", "zscore"], "input_norm"),
 ])
 def test_bad_input_one_clear_message(args, field, capsys):
     rc = main(["train", "--epochs", "1", "--no-progress", *args])

@@ -146,6 +146,17 @@ def test_an_interrupted_run_directory_is_moved_aside_not_lost(tmp_path):
     assert len(aside) == 1 and os.path.exists(os.path.join(str(tmp_path), "methods", aside[0], "config.json"))
 
 
+def test_input_norm_unit_gets_its_own_results_folder(tmp_path):
+    args = paper.parser("x").parse_args(["--dataset", "digits", "--scale", "smoke", "--out", str(tmp_path),
+                                         "--input-norm", "unit"])
+    study = paper.study_from_args(args)
+    assert study.root == os.path.join(str(tmp_path), "smoke", "digits-unit")
+    assert study.config("pair", 0.45).input_norm == "unit"
+    args.input_norm = "zscore"
+    with pytest.raises(paper.ConfigError, match="input_norm"):
+        paper.study_from_args(args)
+
+
 def test_a_run_of_an_older_rule_is_moved_aside_and_run_again(tmp_path):
     """A finished Co-teaching+ run without ``method_version`` (made before its rule changed) is not
     reused: it is kept beside as ``.stale-*`` and trained again; a current one is reused."""

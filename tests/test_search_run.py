@@ -138,6 +138,15 @@ def test_identity_names_files_by_their_content(tmp_path, monkeypatch):
     assert search_run._normalized(old) == rel
 
 
+def test_identity_leaves_out_default_fields_added_later(tmp_path):
+    """Fields added after directories were made (precision, input_norm) join the identity only when
+    they are not their default, so older search directories still resume."""
+    c = _cfg(tmp_path)
+    assert "input_norm" not in search_run._identity(c)["train"] and "precision" not in search_run._identity(c)["train"]
+    c.train = c.train.replace(input_norm="unit")
+    assert search_run._identity(c)["train"]["input_norm"] == "unit"
+
+
 def test_best_schedule_is_reused_by_train(tmp_path, small_digits):
     from s2e_jax.train import train
 

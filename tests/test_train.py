@@ -221,6 +221,18 @@ def test_rules_get_the_batch_index_within_the_epoch(digits, monkeypatch, driver)
     np.testing.assert_allclose(_run(prep)[1]["kept_fraction"], 1.0 / steps, rtol=1e-6)
 
 
+def test_input_norm_unit_is_pixels_over_255(digits):
+    """``input_norm="unit"`` (the released code's ToTensor): the network sees x / 255; the default
+    standardizes each channel with the training images' statistics; both reach the trainer."""
+    x = np.asarray(digits.x_train[:4])
+    unit = T.prepare(_cfg(epochs=1, input_norm="unit"), digits)
+    std = T.prepare(_cfg(epochs=1), digits)
+    np.testing.assert_allclose(T.normalize(x, unit.data.mean, unit.data.std), x / 255.0, rtol=1e-6)
+    mean, sd = T.channel_stats(digits.x_train)
+    np.testing.assert_allclose(T.normalize(x, std.data.mean, std.data.std), (x / 255.0 - mean) / sd, rtol=1e-5)
+    assert not np.allclose(_run(unit)[1]["train_loss"], _run(std)[1]["train_loss"])
+
+
 def test_trials_in_one_program_equal_separate_trainings(digits):
     prep = T.prepare(_cfg(epochs=2), digits)
     scheds = np.asarray([[0.5, 10.0, 1.0], [0.3, 2.0, 2.0], [0.1, 1.0, 1.0]], np.float32)
