@@ -501,9 +501,15 @@ class TPE(Searcher):
         self._trials = None
 
     def _extra_state(self):
-        return {"told": [{"params": dict(t["params"]), "f": t["f"]} for t in self._told]}
+        return {"told": [{"params": dict(t["params"]), "f": t["f"]} for t in self._told],
+                "options": {"n_startup_trials": self.n_startup_trials, "constant_liar": self.constant_liar,
+                            "multivariate": self.multivariate}}
 
     def _load_extra_state(self, d):
+        mine = self._extra_state()["options"]
+        for k, v in d.get("options", {}).items():  # (states saved before options were recorded: none)
+            if mine.get(k) != v:
+                raise ConfigError(f"state: saved with {k}={v}, this searcher has {mine.get(k)}")
         self._told = [{"params": {k: float(v) for k, v in t["params"].items()}, "f": float(t["f"])}
                       for t in d["told"]]
         self._study, self._trials = None, None

@@ -252,6 +252,10 @@ def test_load_state_checks_the_space_and_the_options():
     with pytest.raises(ConfigError, match="state: saved with worst=None"):
         search.make_searcher("newton", get_space("rbf"), samples=2, worst=1.0).load_state_dict(saved)
     search.make_searcher("newton", get_space("rbf"), samples=2).load_state_dict(saved)  # the same: fine
+    tpe = search.make_searcher("tpe", get_space("rbf"), samples=2).state_dict()
+    with pytest.raises(ConfigError, match="state: saved with n_startup_trials=10"):
+        search.make_searcher("tpe", get_space("rbf"), samples=2, n_startup_trials=3).load_state_dict(tpe)
+    search.make_searcher("tpe", get_space("rbf"), samples=2).load_state_dict(tpe)
 
 
 def test_failed_trainings_are_recorded_and_search_continues():
