@@ -338,15 +338,7 @@ def _identity(cfg: AsngConfig) -> dict:
         d["train"].pop(k, None)   # how it runs, not what it computes
     if d["train"].get("input_norm") == "standardize":  # the default: runs made before the field match
         d["train"].pop("input_norm")
-    d["train"] = runs.files_by_content(d["train"])
-    return d
-
-
-def _normalized(ident):
-    """A saved identity with its files named by content, as :func:`_identity` names them."""
-    if not isinstance(ident, dict) or not isinstance(ident.get("train"), dict):
-        return ident
-    return dict(ident, train=runs.files_by_content(ident["train"]))
+    return runs.identity_files_by_content(d)
 
 
 def _open_out(cfg: AsngConfig):
@@ -362,7 +354,7 @@ def _open_out(cfg: AsngConfig):
         ident = _identity(cfg)
         try:
             same = (root.exists("asng_config.json")
-                    and _normalized(root.read_json("asng_config.json").get("identity")) == ident)
+                    and runs.identity_files_by_content(root.read_json("asng_config.json").get("identity")) == ident)
         except (OSError, ValueError):
             same = False
         if not same:

@@ -188,3 +188,11 @@ def files_by_content(train: dict) -> dict:
         if isinstance(v, str) and not v.startswith("sha256:") and (k != "dataset" or v.lower().endswith(".npz")):
             t[k] = _file_key(v)
     return t
+
+
+def identity_files_by_content(ident):
+    """A saved or new resume identity ``{"train": {...}, ...}`` with :func:`files_by_content` applied
+    to its training config (anything else is returned as it is, and compares unequal)."""
+    if not isinstance(ident, dict) or not isinstance(ident.get("train"), dict):
+        return ident
+    return dict(ident, train=files_by_content(ident["train"]))

@@ -79,12 +79,7 @@ def _identity(cfg: SearchConfig) -> dict:
     for k, default in (("precision", "float32"), ("input_norm", "standardize")):
         if t.get(k) == default:  # the default: directories made before the field match
             t.pop(k)
-    return _normalized(dict(train=t, space=cfg.space, objective=cfg.objective))
-
-
-def _normalized(ident: dict) -> dict:
-    """The identity with its files named by content (:func:`s2e_jax.runs.files_by_content`)."""
-    return dict(ident, train=runs.files_by_content(ident.get("train", {})))
+    return runs.identity_files_by_content(dict(train=t, space=cfg.space, objective=cfg.objective))
 
 
 def trial_seed(seed: int, trial: int) -> int:
@@ -167,7 +162,7 @@ def run(cfg: SearchConfig, dataset=None) -> dict:
         fresh = not root.exists("search_config.json")
         if not fresh:
             old = root.read_json("search_config.json")
-            if _normalized(old.get("identity") or {}) != ident:
+            if runs.identity_files_by_content(old.get("identity")) != ident:
                 raise ConfigError(f"out: {cfg.out} holds a search with other settings (data, noise, "
                                   "training, space or seed); choose another --out")
         elif os.path.isdir(root.root) and os.listdir(root.root):

@@ -135,7 +135,7 @@ def test_identity_names_files_by_their_content(tmp_path, monkeypatch):
     assert ident("other.npz") != rel
     assert ident("digits")["train"]["dataset"] == "digits"
     old = dict(rel, train=dict(rel["train"], dataset=str(tmp_path / "mnist.npz")))  # as saved before
-    assert search_run._normalized(old) == rel
+    assert search_run.runs.identity_files_by_content(old) == rel
 
 
 def test_identity_leaves_out_default_fields_added_later(tmp_path):
