@@ -429,17 +429,22 @@ def default_conv_impl(backend: Optional[str] = None, driver: Optional[str] = Non
                       model_name: Optional[str] = None, net_form: Optional[str] = None) -> str:
     """How convolutions are computed by default (``models.CONV_IMPLS``; ``TrainConfig.conv_impl``
     "auto"), chosen by measurement (experiments/bench_trials.py ``--conv-impls``, bench_conv_parts.py):
-    XLA's own convolution, except for Model 1 vmapped inside ``lax.scan`` on XLA's CPU backend (the
-    ``vmap`` form with the ``scan`` driver, as K trials in one program run), where its convolutions
-    take XLA's slow path (jax-ml/jax#12868) and ``slices`` (patches x kernel, no convolution) ran
-    1.5-1.7x (1 trial) and 3.8-4.0x (4 trials) faster in two runs, 7-13x with ``pool_s2d``, which
-    :func:`resolve_pool_s2d` then turns on (experiments/cpu_model1/slices.md; fused/unroll inside
-    scan not measured, so left as they were). With the CPU's ``loop`` driver
-    ``slices`` was slower (1.21x PyTorch in its run; XLA's convolution 1.57-1.59x in earlier runs).
-    ``patches`` measured slower on an H200 and on the CPU; ``blockdiag`` slower on the CPU; neither
-    ``blockdiag`` nor ``slices`` yet measured in a GPU training (README, "Benchmarks on a GPU")."""
-    if ((backend or jax.default_backend()) == "cpu" and driver == "scan" and net_form == "vmap"
-            and model_name == "model1"):
+    XLA's own convolution, except for Model 1 vmapped inside ``lax.scan`` (the ``vmap`` form with the
+    ``scan`` driver: K trials in one program everywhere, and a single training on GPUs/TPUs), where
+    ``slices`` (patches x kernel, no convolution) is used, with ``pool_s2d`` (:func:`resolve_pool_s2d`):
+    - XLA's CPU backend: its convolutions inside ``lax.scan`` take a slow path (jax-ml/jax#12868);
+      slices ran 1.5-1.7x (1 trial) and 3.8-4.0x (4 trials) faster, 7-13x with pool_s2d
+      (experiments/cpu_model1/slices.md; fused/unroll inside scan not measured, so left as they were).
+      With the CPU's ``loop`` driver slices was slower (1.21x PyTorch; XLA's convolution 1.57-1.59x).
+    - an H100 (experiments/gpu_h100/trials/table.md, 2 epochs of 200 steps): trainings/s of the one
+      program, xla / xla+s2d / slices+s2d / blockdiag / blockdiag+s2d: K = 1 6.67 / 8.59 / 9.35 / 8.80
+      / 10.1, K = 8 13.3 / 16.9 / 23.8 / 21.1 / 17.9; slices+s2d is the best at K = 8 and within 8% of
+      the best at K = 1. XLA's grouped convolutions (vmap over the networks' kernels) were what held
+      Model 1's trials back on GPUs (README, "Benchmarks on a GPU").
+    ``patches`` measured slower on an H200 and on the CPU; ``blockdiag`` slower on the CPU. Models 2
+    and 3 keep XLA's convolution (slices not measured for them on a GPU)."""
+    del backend  # the same rule on every backend measured (CPU, H100)
+    if driver == "scan" and net_form == "vmap" and model_name == "model1":
         return "slices"
     return "xla"
 
@@ -447,14 +452,16 @@ def default_conv_impl(backend: Optional[str] = None, driver: Optional[str] = Non
 def resolve_pool_s2d(setting: str, driver: str, backend: Optional[str] = None, conv_impl: str = "xla") -> bool:
     """``TrainConfig.pool_s2d`` -> Model 1's ``pool_s2d`` (each conv + pool as one space-to-depth
     convolution, :func:`s2e_jax.convs.conv_max_pool`): "on" / "off" as said; "auto" where measured
-    faster, i.e. on XLA's CPU backend with the ``loop`` driver (experiments/cpu_model1/: 1.5x), or
-    there with ``conv_impl`` "slices" (what "auto" picks for Model 1's K trials in one program: 3.5-4x
-    faster than slices alone, 7-13x XLA's convolutions inside ``lax.scan``; cpu_model1/slices.md).
-    Inside ``lax.scan`` with XLA's convolutions it took XLA's slow path: 1.4-3x slower than without,
-    so off; off on GPUs/TPUs (not yet measured)."""
+    faster: with ``conv_impl`` "slices" on every backend (what "auto" picks for Model 1 vmapped inside
+    ``lax.scan``; CPU: 3.5-4x faster than slices alone, 7-13x XLA's convolutions inside ``lax.scan``,
+    cpu_model1/slices.md; H100: 1.47x at K = 1, 2.1x at K = 8, gpu_h100/trials/table.md), and on
+    XLA's CPU backend with the ``loop`` driver (experiments/cpu_model1/: 1.5x). Inside ``lax.scan``
+    with XLA's convolutions it took the CPU's slow path (1.4-3x slower than without), so off there; on
+    an H100 it was faster there too (1.29x, gpu_h100/train/bench_train.md), but slices+s2d is the
+    default for that case."""
     if setting != "auto":
         return setting == "on"
-    return (backend or jax.default_backend()) == "cpu" and (driver == "loop" or conv_impl == "slices")
+    return conv_impl == "slices" or ((backend or jax.default_backend()) == "cpu" and driver == "loop")
 
 
 def resolve_conv_impl(setting: str, driver: str, model_name: str, net_form: str,
