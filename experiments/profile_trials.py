@@ -1,0 +1,153 @@
+"""Where a device's time goes in one Co-teaching epoch: one training (the default execution) against
+K trainings in one program (``parallel.run_trials``), from JAX's own profiler (``jax.profiler.trace``,
+read back with ``jax.profiler.ProfileData``; no TensorBoard needed).
+
+    python experiments/profile_trials.py --model model1 --k 8 --n-train 25600
+
+Prints, for each of the two programs: the traced wall time, the summed kernel time on the device's
+busiest line (GPU: the stream of kernels; busy = kernel time / wall: well under 1 means launch- or
+host-bound, near 1 compute- or memory-bound), the kernel time by kind (matmul, convolution, sort /
+top-k, reduction / other fusions, copies) and the costliest kernels. On a CPU the host's XLA threads
+stand in for the device (a smoke test, not a measurement). ``--out`` writes the printout to a file.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from s2e_jax import xla_cpu  # noqa: E402
+
+xla_cpu.configure()  # YNNPACK convolutions on XLA's CPU backend, before JAX starts
+
+import jax  # noqa: E402
+
+import bench_trials  # noqa: E402
+from s2e_jax import parallel  # noqa: E402
+from s2e_jax import train as train_lib  # noqa: E402
+from s2e_jax.config import TrainConfig  # noqa: E402
+
+KINDS = (("matmul", ("gemm", "xmma", "cublas", "cutlass", "dot", "matmul")),
+         ("convolution", ("conv", "cudnn", "implicit_", "wgrad", "dgrad")),
+         ("sort / top-k", ("sort", "topk", "top_k", "radix")),
+         ("copy / transpose", ("copy", "transpose", "memcpy", "memset")),
+         ("reduction", ("reduce", "reduction")))
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other fusion"
+
+
+def traced(fn):
+    """(wall seconds, {line name: [(event name, ns)]}) of one call of ``fn`` on the device planes
+    (the host's XLA lines on a CPU)."""
+    d = tempfile.mkdtemp(prefix="s2e_profile_")
+    with jax.profiler.trace(d):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        wall = time.perf_counter() - t
+    path = sorted(glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True))[-1]
+    planes = list(jax.profiler.ProfileData.from_file(path).planes)
+    dev = [p for p in planes if p.name.startswith("/device:")]
+    lines = {}
+    for p in dev or [p for p in planes if p.name == "/host:CPU"]:
+        for ln in p.lines:
+            if not dev and ln.name == "python":
+                continue
+            ev = [(e.name, e.duration_ns) for e in ln.events]
+            if ev:
+                lines[f"{p.name} {ln.name}"] = ev
+    return wall, lines
+
+
+def report(title, wall, lines, top):
+    out = [f"## {title}: wall {wall * 1e3:.1f} ms"]
+    for name, ev in sorted(lines.items(), key=lambda kv: -sum(d for _, d in kv[1])):
+        out.append(f"  line {name}: {len(ev)} events, {sum(d for _, d in ev) / 1e6:.1f} ms")
+    kernel_lines = [n for n in lines if "stream" in n.lower()] or list(lines)
+    busiest = max(kernel_lines, key=lambda n: sum(d for _, d in lines[n]))
+    ev = lines[busiest]
+    total = sum(d for _, d in ev)
+    out.append(f"  busiest line {busiest!r}: {len(ev)} kernels, {total / 1e6:.1f} ms "
+               f"= {total / 1e9 / wall:.0%} of wall, mean {total / max(len(ev), 1) / 1e3:.1f} us per kernel")
+    by_kind, by_name, count = collections.Counter(), collections.Counter(), collections.Counter()
+    for n, d in ev:
+        by_kind[kind_of(n)] += d
+        by_name[n] += d
+        count[n] += 1
+    for k, d in by_kind.most_common():
+        out.append(f"    {k:<18} {d / 1e6:9.2f} ms  {d / total:6.1%}")
+    out.append(f"  costliest {top} kernels (total ms, calls, mean us):")
+    for n, d in by_name.most_common(top):
+        out.append(f"    {d / 1e6:8.2f}  {count[n]:6d}  {d / count[n] / 1e3:8.1f}  {n[:110]}")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="model1", choices=("mlp", "model1"))
+    p.add_argument("--k", type=int, default=8, help="trainings in the one program (default 8)")
+    p.add_argument("--n-train", type=int, default=25600, help="training images (default 25,600: 200 steps)")
+    p.add_argument("--n-eval", type=int, default=512, help="validation and test images each (default 512)")
+    p.add_argument("--conv-impl", default="auto", help="TrainConfig.conv_impl (default auto)")
+    p.add_argument("--pool-s2d", default="auto", help="TrainConfig.pool_s2d (default auto)")
+    p.add_argument("--top", type=int, default=15, help="kernels listed per program (default 15)")
+    p.add_argument("--out", default=None, help="also write the printout to this file")
+    args = p.parse_args(argv)
+    if args.k < 1 or args.n_train < bench_trials.BATCH:
+        p.error(f"--k must be >= 1 and --n-train >= {bench_trials.BATCH}")
+    ds, source = bench_trials.make_dataset(args.model, args.n_train, args.n_eval, None)
+    form, driver = train_lib.default_execution(args.model)
+    cfg = TrainConfig(dataset=ds.name, model=args.model, method="coteaching", noise="symmetric", noise_rate=0.5,
+                      batch_size=bench_trials.BATCH, epochs=1, eval_batch_size=args.n_eval, seed=0,
+                      progress=False, net_form=form, driver=driver, conv_impl=args.conv_impl,
+                      pool_s2d=args.pool_s2d)
+    prep = train_lib.prepare(cfg, dataset=ds)
+    sched = np.asarray(prep.sched, np.float32)
+    scheds, seeds = np.repeat(sched[None], args.k, 0), np.arange(args.k)
+    one_tr = train_lib.one_program_trainer(prep)
+    head = (f"# {args.model} on {source}: {args.n_train} train ({args.n_train // bench_trials.BATCH} steps), "
+            f"{args.n_eval} val + test; jax {jax.__version__} on {jax.devices()[0].device_kind}; "
+            f"one training: {form}/{driver}, conv {prep.trainer.model.conv_impl if hasattr(prep.trainer.model, 'conv_impl') else '-'}"
+            f"{'+s2d' if getattr(prep.trainer.model, 'pool_s2d', False) else ''}; one program: vmap/scan, conv "
+            f"{getattr(one_tr.model, 'conv_impl', '-')}{'+s2d' if getattr(one_tr.model, 'pool_s2d', False) else ''}")
+    print(head, flush=True)
+
+    carry = train_lib.init_carry(prep, 0, sched)
+
+    def one_epoch():
+        return prep.trainer.run_epoch(carry, prep.data)[1]
+
+    def program():
+        return parallel.run_trials(prep, scheds, seeds, epochs=1)[0]
+
+    parts = [head]
+    for title, fn in (("one training, one epoch", one_epoch), (f"{args.k} trainings in one program, one epoch "
+                                                                "(with their init)", program)):
+        jax.block_until_ready(fn())  # compile
+        jax.block_until_ready(fn())
+        wall, lines = traced(fn)
+        text = report(title, wall, lines, args.top)
+        print(text, flush=True)
+        parts.append(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(parts) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
