@@ -11,8 +11,8 @@ Per model (``--models``: the MLP on MNIST shapes, Models 1-3 on CIFAR shapes, ba
   setup (permutation, R(t)). Counting the step program, not the epoch's ``lax.scan``, because XLA's
   cost analysis counts a loop body once, whatever its trip count. ``flops_per_image``: per training
   image of the epoch (both networks, forward + backward), for comparison with a paper's count.
-  These are the FLOPs XLA executes: Model 1 with ``pool_s2d`` (on the CPU's loop driver by
-  default, ``s2e_jax.train.resolve_pool_s2d``) computes its convolutions space-to-depth, 1.44x the
+  These are the FLOPs XLA executes: Model 1 with ``pool_s2d`` (by default except inside
+  ``lax.scan`` on the CPU with XLA's convolutions, ``s2e_jax.train.resolve_pool_s2d``) computes its convolutions space-to-depth, 1.44x the
   arithmetic of the plain layers in less time.
 * **achieved FLOP/s** = FLOPs per epoch / the median seconds of a timed epoch of ``Trainer.run_epoch``
   with the backend's default execution (``s2e_jax.train.default_execution``; ``--net-form``/

@@ -431,7 +431,7 @@ def parse_args(argv=None):
                    help="how JAX computes convolutions (TrainConfig.conv_impl; default: default_conv_impl)")
     p.add_argument("--pool-s2d", default="auto",
                    help="comma list of auto, on, off: Model 1 with each conv + pool as one space-to-depth "
-                        "convolution (TrainConfig.pool_s2d; auto: on for the CPU's loop driver), each timed in the same run")
+                        "convolution (TrainConfig.pool_s2d; auto: train.resolve_pool_s2d, off only inside lax.scan on the CPU with XLA's convolutions), each timed in the same run")
     p.add_argument("--torch-device", default=None, help="PyTorch device (default: cuda when available, else cpu)")
     p.add_argument("--drivers", default=",".join(DRIVERS), help="comma list of driver: scan, loop")
     p.add_argument("--budget", type=float, default=12.0,

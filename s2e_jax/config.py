@@ -94,7 +94,7 @@ class TrainConfig:
     net_form: str = "auto"             # how the network axis is computed: vmap | unroll | fused
     driver: str = "auto"               # epoch driver: scan (one jitted lax.scan) | loop (jitted steps)
     conv_impl: str = "auto"            # convolutions: xla | patches | slices | blockdiag (s2e_jax/convs.py)
-    pool_s2d: str = "auto"             # Model 1's conv + pool as one space-to-depth conv: on | off (auto: CPU, loop driver or slices)
+    pool_s2d: str = "auto"             # Model 1's conv + pool as one space-to-depth conv: on | off (auto: on, but off inside lax.scan on the CPU with XLA's convs)
     eval_batch_size: int = 1000
     precision: str = "float32"         # float32 | bfloat16 (bf16 compute, float32 master weights)
     memory_budget_mib: Optional[float] = None  # per-device budget of K trials in one program; None: auto

@@ -401,9 +401,11 @@ def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: 
     """Build a Table 4 network by name: 'mlp', 'model1', 'model2' or 'model3'; ``conv_impl`` (one of
     :data:`CONV_IMPLS`) is how the conv models compute a convolution (the MLP has none).
     ``materialize`` (Models 2-3, whose conv inputs come from BatchNorm; :func:`materialized`) and
-    ``pool_s2d`` (Model 1, each conv + pool space-to-depth; :func:`conv_pool`): None = on XLA's
-    CPU backend only (measured there, not on a GPU; ``train.prepare`` resolves ``TrainConfig.pool_s2d``
-    "auto" by the driver too: :func:`s2e_jax.train.resolve_pool_s2d`)."""
+    ``pool_s2d`` (Model 1, each conv + pool space-to-depth; :func:`conv_pool`): None = on (measured
+    faster on the CPU with its loop driver and on an H100; ``train.prepare`` resolves
+    ``TrainConfig.pool_s2d`` "auto" by the driver and ``conv_impl`` too, off only inside ``lax.scan``
+    on XLA's CPU backend with XLA's convolutions: :func:`s2e_jax.train.resolve_pool_s2d`).
+    ``materialize``: None = on XLA's CPU backend only (measured there)."""
     from s2e_jax.config import ConfigError
 
     key = str(name).strip().lower()
@@ -417,7 +419,7 @@ def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: 
         return MLP(num_classes=num_classes)
     cpu = jax.default_backend() == "cpu"
     if key == "model1":  # its second conv's input comes from a max-pool, which XLA stores anyway
-        return Model1(num_classes=num_classes, conv_impl=conv_impl, pool_s2d=cpu if pool_s2d is None else bool(pool_s2d))
+        return Model1(num_classes=num_classes, conv_impl=conv_impl, pool_s2d=True if pool_s2d is None else bool(pool_s2d))
     if materialize is None:
         materialize = cpu
     cls = {"model2": Model2, "model3": Model3}[key]

@@ -452,16 +452,18 @@ def default_conv_impl(backend: Optional[str] = None, driver: Optional[str] = Non
 def resolve_pool_s2d(setting: str, driver: str, backend: Optional[str] = None, conv_impl: str = "xla") -> bool:
     """``TrainConfig.pool_s2d`` -> Model 1's ``pool_s2d`` (each conv + pool as one space-to-depth
     convolution, :func:`s2e_jax.convs.conv_max_pool`): "on" / "off" as said; "auto" where measured
-    faster: with ``conv_impl`` "slices" on every backend (what "auto" picks for Model 1 vmapped inside
-    ``lax.scan``; CPU: 3.5-4x faster than slices alone, 7-13x XLA's convolutions inside ``lax.scan``,
-    cpu_model1/slices.md; H100: 1.47x at K = 1, 2.1x at K = 8, gpu_h100/trials/table.md), and on
-    XLA's CPU backend with the ``loop`` driver (experiments/cpu_model1/: 1.5x). Inside ``lax.scan``
-    with XLA's convolutions it took the CPU's slow path (1.4-3x slower than without), so off there; on
-    an H100 it was faster there too (1.29x, gpu_h100/train/bench_train.md), but slices+s2d is the
-    default for that case."""
+    faster, i.e. everywhere but inside ``lax.scan`` on XLA's CPU backend with XLA's convolutions
+    (there it took the CPU's slow path, 1.4-3x slower than without):
+    - with ``conv_impl`` "slices" (what "auto" picks for Model 1 vmapped inside ``lax.scan``): CPU
+      3.5-4x faster than slices alone, 7-13x XLA's convolutions inside ``lax.scan``
+      (experiments/cpu_model1/slices.md); H100 1.47x at K = 1, 2.1x at K = 8
+      (experiments/gpu_h100/trials/table.md);
+    - on XLA's CPU backend with the ``loop`` driver: 1.5x (experiments/cpu_model1/);
+    - on a GPU with XLA's convolutions: H100 1.29x for one training (vmap/scan,
+      experiments/gpu_h100/train/bench_train.md), 1.29x / 1.27x for 1 / 8 trials in one program."""
     if setting != "auto":
         return setting == "on"
-    return conv_impl == "slices" or ((backend or jax.default_backend()) == "cpu" and driver == "loop")
+    return conv_impl == "slices" or driver == "loop" or (backend or jax.default_backend()) != "cpu"
 
 
 def resolve_conv_impl(setting: str, driver: str, model_name: str, net_form: str,
