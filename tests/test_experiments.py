@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -182,3 +183,40 @@ def test_bad_arguments_give_one_clear_message(tmp_path, capsys, argv, field):
         paper.main_guard(lambda: fig3.main(["--dataset", "digits", "--out", str(tmp_path)] + argv))
     assert e.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {field}:")
+
+
+def test_profile_trials_sums_kernel_time_of_the_stream_by_kind():
+    """profile_trials.py: kernel time is read off the device's kernel stream (not the XLA Ops line
+    that overlaps it), classified by name, and its fraction of the wall is the busy fraction."""
+    import profile_trials as P
+
+    assert P.kind_of("void cutlass::Kernel2<cutlass_80_tensorop_s1688gemm_64x128>") == "matmul"
+    assert P.kind_of("sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n") == "matmul"
+    assert P.kind_of("gemm_fusion_dot_27") == "matmul"
+    assert P.kind_of("cudnn::conv2d_grouped_direct_kernel") == "convolution"
+    assert P.kind_of("sort_14_1") == "sort / top-k"
+    assert P.kind_of("memcpy32_post") == P.kind_of("loop_transpose_fusion") == "copy / transpose"
+    assert P.kind_of("input_reduce_fusion_1") == "reduction"
+    assert P.kind_of("loop_concatenate_fusion") == "other fusion"
+    lines = {"/device:GPU:0 Stream #14(Memset,Compute)": [("gemm_fusion_dot", 3000), ("loop_concatenate_fusion", 5000),
+                                                          ("sort_1", 1000), ("gemm_fusion_dot", 1000)],
+             "/device:GPU:0 XLA Ops": [("fusion.1", 50000)]}
+    text = P.report("t", 2e-5, lines, top=2)
+    assert "'/device:GPU:0 Stream #14(Memset,Compute)': 4 kernels, 0.0 ms = 50% of wall" in text
+    assert "matmul                  0.00 ms   40.0%" in text and "other fusion            0.01 ms   50.0%" in text
+    assert "sort / top-k            0.00 ms   10.0%" in text
+    costly = text.split("(total ms, calls, mean us):")[1].strip().splitlines()
+    assert len(costly) == 2 and costly[0].endswith("loop_concatenate_fusion") and costly[1].endswith("gemm_fusion_dot")
+    assert costly[1].split()[:3] == ["0.00", "2", "2.0"]  # the two gemm calls: one name, mean 2 us
+
+
+def test_profile_trials_reads_a_real_trace():
+    import jax.numpy as jnp
+
+    import profile_trials as P
+
+    f = jax.jit(lambda x: jnp.tanh(x @ x))
+    x = jnp.ones((128, 128))
+    f(x).block_until_ready()
+    wall, lines = P.traced(lambda: f(x))
+    assert wall > 0 and lines and all(ev and all(d >= 0 for _, d in ev) for ev in lines.values())
