@@ -451,7 +451,7 @@ def parse_args(argv=None):
                         "implementation (TrainConfig.conv_impl; auto: the library's default, train.default_conv_impl; "
                         "sequential runs use auto); each may end in +s2d or -s2d: "
                         "with or without Model 1's conv + pool as one space-to-depth convolution "
-                        "(TrainConfig.pool_s2d; default: train.resolve_pool_s2d, off only for XLA's convolutions on the CPU)")
+                        "(TrainConfig.pool_s2d; default: train.resolve_pool_s2d)")
     p.add_argument("--sequential", default="default",
                    help="comma list of sequential executions: 'default' (default_execution) and/or FORM/DRIVER, "
                         "e.g. default,vmap/scan; the first is the reference of ratio and max_dacc (default: default)")

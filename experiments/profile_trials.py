@@ -36,8 +36,8 @@ from s2e_jax import parallel  # noqa: E402
 from s2e_jax import train as train_lib  # noqa: E402
 from s2e_jax.config import TrainConfig  # noqa: E402
 
-KINDS = (("matmul", ("gemm", "xmma", "cublas", "cutlass", "dot", "matmul")),
-         ("convolution", ("conv", "cudnn", "implicit_", "wgrad", "dgrad")),
+KINDS = (("convolution", ("convolution", "conv2d", "cudnn", "fprop", "implicit_gemm", "wgrad", "dgrad")),
+         ("matmul", ("gemm", "xmma", "cublas", "cutlass", "dot", "matmul")),
          ("sort / top-k", ("sort", "topk", "top_k", "radix")),
          ("copy / transpose", ("copy", "transpose", "memcpy", "memset")),
          ("reduction", ("reduce", "reduction")))

@@ -40,7 +40,8 @@ def _add_train_args(p: argparse.ArgumentParser):
                         "(s2e_jax/convs.py)")
     p.add_argument("--pool-s2d", default=d.pool_s2d,
                    help="auto | on | off: Model 1's conv + 2x2 max-pool as one space-to-depth convolution "
-                        "(auto: on for the CPU's loop driver and with --conv-impl slices there, where it is faster)")
+                        "(auto: where measured faster: on, except inside lax.scan on the CPU with XLA's convolutions "
+                        "and on a GPU with --conv-impl blockdiag or patches)")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--precision", default=d.precision,
                    help="float32 | bfloat16 (bf16 compute on float32 master weights)")

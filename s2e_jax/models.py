@@ -27,8 +27,9 @@ Choices taken from the released code of the papers Table 4 cites (documented whe
   ``reduce_window`` is slow on CPU. ReLU then max-pool is computed as max-pool then ReLU (equal,
   a quarter of the elements), and the layers after the stem that act per channel without
   parameters are each model's ``post_stem``, so a fused stem runs them once for all networks.
-* Model 1's conv + pool pairs are one layer each (:class:`ConvPool`), on the CPU's loop driver
-  computed as one space-to-depth convolution (:func:`s2e_jax.convs.conv_max_pool`, ``pool_s2d``).
+* Model 1's conv + pool pairs are one layer each (:class:`ConvPool`), by default computed as one
+  space-to-depth convolution (:func:`s2e_jax.convs.conv_max_pool`, ``pool_s2d``; not inside
+  ``lax.scan`` on the CPU with XLA's convolutions: :func:`s2e_jax.train.resolve_pool_s2d`).
 """
 from __future__ import annotations
 
@@ -182,7 +183,7 @@ def conv_pool(x, kernel, bias, padding: str = "VALID", conv_impl: str = "xla", s
 class ConvPool(nn.Module):
     """A Conv layer followed by a 2x2 max-pool, as one layer (:func:`conv_pool`): parameters
     ``kernel`` [k, k, Cin, features] and ``bias`` like ``nn.Conv``'s (same names, shapes and init),
-    output the pooled map. ``s2d`` computes it space-to-depth (faster on XLA's CPU backend)."""
+    output the pooled map. ``s2d`` computes it space-to-depth (faster on XLA's CPU backend and an H100)."""
 
     features: int
     kernel_size: int
@@ -232,7 +233,7 @@ class Model1(nn.Module):
 
     Each conv and its pool are one :class:`ConvPool` layer (``conv0``, ``conv1``: the pooled map),
     ReLU after the pool (equal: ReLU is monotone; a quarter of the elements). ``pool_s2d`` computes
-    them space-to-depth (:func:`s2e_jax.convs.conv_max_pool`; the CPU default, :func:`get_model`).
+    them space-to-depth (:func:`s2e_jax.convs.conv_max_pool`; the default, :func:`get_model`).
     """
 
     num_classes: int = 10
@@ -402,7 +403,8 @@ def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: 
     :data:`CONV_IMPLS`) is how the conv models compute a convolution (the MLP has none).
     ``materialize`` (Models 2-3, whose conv inputs come from BatchNorm; :func:`materialized`) and
     ``pool_s2d`` (Model 1, each conv + pool space-to-depth; :func:`conv_pool`): None = on (measured
-    faster on the CPU with its loop driver and on an H100; ``train.prepare`` resolves
+    faster on the CPU with its loop driver and on an H100), except on a GPU/TPU with ``conv_impl``
+    "blockdiag" or "patches" (slower there, or not measured; ``train.prepare`` resolves
     ``TrainConfig.pool_s2d`` "auto" by the driver and ``conv_impl`` too, off only inside ``lax.scan``
     on XLA's CPU backend with XLA's convolutions: :func:`s2e_jax.train.resolve_pool_s2d`).
     ``materialize``: None = on XLA's CPU backend only (measured there)."""
@@ -419,7 +421,7 @@ def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: 
         return MLP(num_classes=num_classes)
     cpu = jax.default_backend() == "cpu"
     if key == "model1":  # its second conv's input comes from a max-pool, which XLA stores anyway
-        return Model1(num_classes=num_classes, conv_impl=conv_impl, pool_s2d=True if pool_s2d is None else bool(pool_s2d))
+        return Model1(num_classes=num_classes, conv_impl=conv_impl, pool_s2d=(cpu or conv_impl in ("xla", "slices")) if pool_s2d is None else bool(pool_s2d))
     if materialize is None:
         materialize = cpu
     cls = {"model2": Model2, "model3": Model3}[key]

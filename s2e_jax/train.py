@@ -460,10 +460,14 @@ def resolve_pool_s2d(setting: str, driver: str, backend: Optional[str] = None, c
       (experiments/gpu_h100/trials/table.md);
     - on XLA's CPU backend with the ``loop`` driver: 1.5x (experiments/cpu_model1/);
     - on a GPU with XLA's convolutions: H100 1.29x for one training (vmap/scan,
-      experiments/gpu_h100/train/bench_train.md), 1.29x / 1.27x for 1 / 8 trials in one program."""
+      experiments/gpu_h100/train/bench_train.md), 1.29x / 1.27x for 1 / 8 trials in one program.
+    Off on a GPU with ``blockdiag`` (H100: 1.15x at K = 1 but 0.85x at K = 8) and ``patches`` (not
+    measured with it)."""
     if setting != "auto":
         return setting == "on"
-    return conv_impl == "slices" or driver == "loop" or (backend or jax.default_backend()) != "cpu"
+    if (backend or jax.default_backend()) == "cpu":
+        return conv_impl == "slices" or driver == "loop"
+    return conv_impl in ("slices", "xla")
 
 
 def resolve_conv_impl(setting: str, driver: str, model_name: str, net_form: str,

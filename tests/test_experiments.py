@@ -197,7 +197,8 @@ def test_profile_trials_sums_kernel_time_of_the_stream_by_kind():
     assert P.kind_of("sort_14_1") == "sort / top-k"
     assert P.kind_of("memcpy32_post") == P.kind_of("loop_transpose_fusion") == "copy / transpose"
     assert P.kind_of("input_reduce_fusion_1") == "reduction"
-    assert P.kind_of("loop_concatenate_fusion") == "other fusion"
+    assert P.kind_of("loop_concatenate_fusion") == P.kind_of("loop_convert_fusion") == "other fusion"
+    assert P.kind_of("sm90_xmma_fprop_implicit_gemm_f32f32_tf32f32") == "convolution"
     lines = {"/device:GPU:0 Stream #14(Memset,Compute)": [("gemm_fusion_dot", 3000), ("loop_concatenate_fusion", 5000),
                                                           ("sort_1", 1000), ("gemm_fusion_dot", 1000)],
              "/device:GPU:0 XLA Ops": [("fusion.1", 50000)]}

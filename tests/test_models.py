@@ -609,6 +609,7 @@ def test_model1_pool_s2d_is_the_same_network():
     plain, s2d = get_model("model1", 10, pool_s2d=False), get_model("model1", 10, pool_s2d=True)
     assert (plain.pool_s2d, s2d.pool_s2d) == (False, True)
     assert get_model("model1", 10).pool_s2d is True  # measured faster on the CPU (loop) and an H100
+    assert get_model("model1", 10, conv_impl="blockdiag").pool_s2d is (jax.default_backend() == "cpu")
     x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 32, 32, 3)), jnp.float32)
     v = s2d.init(jax.random.PRNGKey(0), x)
     jax.tree_util.tree_map(np.testing.assert_array_equal, v, plain.init(jax.random.PRNGKey(0), x))
