@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="one training (Algorithm 1)")
     _add_train_args(t)
     t.add_argument("--method", default="coteaching", help=" | ".join(METHODS))
-    t.add_argument("--tau", type=float, default=None, help="eq. (1) tau (default: the noise rate)")
+    t.add_argument("--tau", type=float, default=None, help="eq. (1) tau (default: the noise rate; required with --noise none or --label-file)")
     t.add_argument("--t-k", type=float, default=10.0, help="eq. (1) t_k")
     t.add_argument("--c", type=float, default=1.0, help="eq. (1) c")
     t.add_argument("--schedule", default=None, help="best_schedule.json from a search")

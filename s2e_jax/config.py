@@ -70,7 +70,7 @@ class TrainConfig:
     # method and schedule
     method: str = "coteaching"
     model: str = "auto"                # auto picks Table 4's model for the data set
-    tau: Optional[float] = None        # eq. (1); None -> the noise rate
+    tau: Optional[float] = None        # eq. (1); None -> the noise rate (none with noise none / label_file)
     t_k: float = 10.0                  # eq. (1)
     c: float = 1.0                     # eq. (1)
     schedule: Optional[str] = None     # best_schedule.json from a search; replaces eq. (1)

@@ -22,6 +22,8 @@ Images are uint8 NHWC; labels int32. Everything stays in numpy; the trainer move
 
 import dataclasses
 import os
+import warnings
+import zipfile
 
 import numpy as np
 
@@ -47,11 +49,15 @@ class Dataset:
     num_classes: int
 
 
-def _halve_test(name, x_train, y_train, x_test, y_test, num_classes):
-    """Build a clean ``Dataset``: first half of the test split = validation, second half = test."""
+def _check_halves(x_test):
     if len(x_test) < 2:
         raise ConfigError(
             f"x_test: needs at least 2 examples to form validation and test halves, got {len(x_test)}")
+
+
+def _halve_test(name, x_train, y_train, x_test, y_test, num_classes):
+    """Build a clean ``Dataset``: first half of the test split = validation, second half = test."""
+    _check_halves(x_test)
     h = len(x_test) // 2
     y_train = y_train.astype(np.int32)
     return Dataset(
@@ -149,6 +155,9 @@ def _npz_images(x, field):
     """Validate an image array: (N, H, W) or (N, H, W, C), integer values in [0, 255]; uint8 NHWC."""
     if x.ndim not in (3, 4):
         raise ConfigError(f"{field}: expected shape (N, H, W) or (N, H, W, C), got {x.shape}")
+    if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3, 4):
+        raise ConfigError(f"{field}: shape {x.shape} looks channels-first (N, C, H, W, as PyTorch stores "
+                          f"images); store (N, H, W, C), e.g. x.transpose(0, 2, 3, 1)")
     if x.dtype != np.uint8:
         x = _integer_array(x, field, 0, 255).astype(np.uint8)
     return x[..., None] if x.ndim == 3 else x
@@ -175,7 +184,7 @@ def load_npz(path):
         raise ConfigError(f"dataset: file not found: {path}")
     try:
         f = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, ImportError) as err:
+    except (OSError, ValueError, ImportError, EOFError, zipfile.BadZipFile) as err:
         raise ConfigError(f"dataset: cannot read {path} as an .npz file: {err}") from err
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise ConfigError(f"dataset: {path} is a single .npy array, expected an .npz archive")
@@ -187,7 +196,7 @@ def load_npz(path):
                 f"(expected keys {', '.join(NPZ_KEYS)})")
         try:
             arrays = {k: f[k] for k in NPZ_KEYS}
-        except ValueError as err:  # e.g. object arrays, which need pickle
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:  # object arrays (pickle), damage
             raise ConfigError(f"dataset: cannot read arrays of {path}: {err}") from err
     x_train = _npz_images(arrays["x_train"], "x_train")
     x_test = _npz_images(arrays["x_test"], "x_test")
@@ -199,7 +208,14 @@ def load_npz(path):
             f"{x_train.shape[1:]}")
     y_train = _npz_labels(arrays["y_train"], "y_train", len(x_train), "x_train")
     y_test = _npz_labels(arrays["y_test"], "y_test", len(x_test), "x_test")
+    _check_halves(x_test)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
+    absent = np.setdiff1d(np.arange(num_classes), y_train)
+    if absent.size:
+        hint = " (labels numbered from 1? use 0 .. C-1)" if absent[0] == 0 and 0 not in y_test else ""
+        warnings.warn(f"dataset: {path}: classes {absent.tolist()[:10]}{' ...' if absent.size > 10 else ''} of "
+                      f"0 .. {num_classes - 1} (the largest label + 1) have no training example{hint}; "
+                      f"symmetric noise flips labels into them too", stacklevel=2)
     return _halve_test(path, x_train, y_train, x_test, y_test, num_classes)
 
 

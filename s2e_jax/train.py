@@ -544,6 +544,11 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
     model = models_lib.get_model(model_name, ds.num_classes, conv,
                                  pool_s2d=resolve_pool_s2d(config.pool_s2d, driver, conv_impl=conv))
     spec = selection.get_rule(config.method, init_epochs=config.resolved_init_epochs())
+    if (rate is None and spec.uses_schedule and config.schedule is None and config.tau is None
+            and (config.noise == "none" or config.label_file is not None)):
+        raise ConfigError(f"tau: eq. (1)'s tau defaults to the noise rate, which is not set with "
+                          f"{'a label_file' if config.label_file is not None else 'noise none'}; give tau "
+                          f"(--tau: the fraction of each batch to drop, e.g. an estimate of the noise rate)")
     rate_, sched = schedule_of(config)
     rate = rate_ if rate is None else rate
     trainer = Trainer(model, spec.num_nets, spec.rule, rate, epochs=config.epochs,

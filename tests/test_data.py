@@ -70,7 +70,7 @@ def _write_npz(path, **overrides):
 
 def test_npz_round_trip(tmp_path):
     path = tmp_path / "tiny.npz"
-    a = _write_npz(path)
+    a = _write_npz(path, y_train=np.arange(12) % 4)
     ds = data.load_dataset(str(path))
     _check_layout(ds, 12, 3, 4, (5, 4, 1))
     np.testing.assert_array_equal(ds.x_train[..., 0], a["x_train"])
@@ -105,6 +105,9 @@ def test_npz_nhwc_and_integer_valued_float(tmp_path):
     (dict(x_train=np.zeros((12, 20), np.uint8)), r"x_train: expected shape \(N, H, W\)"),
     (dict(x_test=np.zeros((7, 5, 5), np.uint8)), "x_test: image shape"),
     (dict(x_test=np.zeros((1, 5, 4), np.uint8), y_test=np.zeros(1, int)), "x_test: needs at least 2"),
+    (dict(x_test=np.zeros((0, 5, 4), np.uint8), y_test=np.zeros(0, int)), "x_test: needs at least 2"),
+    (dict(x_train=np.zeros((12, 3, 8, 8), np.uint8), x_test=np.zeros((7, 3, 8, 8), np.uint8)),
+     r"x_train: shape \(12, 3, 8, 8\) looks channels-first .* x.transpose\(0, 2, 3, 1\)"),
     (dict(x_train=np.zeros((0, 5, 4), np.uint8), y_train=np.zeros(0, int)), "x_train: is empty"),
     (dict(y_train=np.array(["a"] * 12)), "y_train: expected numeric data"),
 ])
@@ -127,10 +130,31 @@ def test_npz_unreadable(tmp_path):
         np.save(f, np.zeros(3))
     with pytest.raises(ConfigError, match="dataset: .* single .npy array"):
         data.load_dataset(str(npy))
+    cut = tmp_path / "cut.npz"  # a download broken off half-way
+    _write_npz(cut, x_train=np.arange(12 * 64 * 64).reshape(12, 64, 64) % 251)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(ConfigError, match="dataset: cannot read"):
+        data.load_dataset(str(cut))
     obj = tmp_path / "obj.npz"
     _write_npz(obj, y_train=np.array([None] * 12, dtype=object))
     with pytest.raises(ConfigError, match="dataset: cannot read arrays"):
         data.load_dataset(str(obj))
+
+
+def test_npz_classes_without_training_examples_warn(tmp_path):
+    """num_classes is the largest label + 1: labels numbered from 1 leave class 0 empty (and noise
+    would flip labels into it), which is said, with a hint; every class present: no warning."""
+    path = tmp_path / "one_based.npz"
+    _write_npz(path, y_train=np.arange(12) % 3 + 1, y_test=np.array([1, 2, 3, 1, 2, 3, 1]))
+    with pytest.warns(UserWarning, match=r"classes \[0\] of 0 \.\. 3 .* no training example \(labels numbered from 1"):
+        assert data.load_dataset(str(path)).num_classes == 4
+    ok = tmp_path / "ok.npz"
+    _write_npz(ok, y_train=np.arange(12) % 4)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.load_dataset(str(ok))
 
 
 def test_unknown_dataset():
