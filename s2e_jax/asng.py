@@ -357,7 +357,7 @@ def _open_out(cfg: AsngConfig):
                     and runs.identity_files_by_content(root.read_json("asng_config.json").get("identity")) == ident)
         except (OSError, ValueError):
             same = False
-        if not same:
+        if not same and names != {"asng_config.json"}:  # only a config: a run that stopped before training
             raise ConfigError(f"out: {out} exists, is not empty and does not hold this ASNG run; "
                               "choose another --out (nothing was overwritten)")
         if root.exists("result.json"):

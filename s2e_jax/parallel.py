@@ -356,6 +356,8 @@ def run_trials(prep, scheds, seeds, epochs: Optional[int] = None, mesh: Optional
 
     tr = one_program_trainer(prep)
     epochs = tr.epochs if epochs is None else int(epochs)
+    if epochs < 1:
+        raise ConfigError(f"epochs: must be >= 1, got {epochs}")
     scheds = np.asarray(scheds, np.float32)
     seeds = [int(s) for s in seeds]
     k = len(seeds)

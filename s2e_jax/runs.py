@@ -73,6 +73,11 @@ def _scalar_columns(row: dict) -> dict:
     return out
 
 
+def _refuse_a_file(root: str):
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ConfigError(f"out: {root} is a file, not a directory (choose another --out; nothing was overwritten)")
+
+
 class RunDir:
     """A run directory. :meth:`create` refuses a directory that already holds files;
     :meth:`open` (resume) reuses one. Every process may read it; only process 0 creates or writes."""
@@ -86,18 +91,36 @@ class RunDir:
         need a shared file system, as resuming does) before process 0 creates it."""
         from s2e_jax import parallel
 
-        if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
+        _refuse_a_file(root)
+        if os.path.exists(root) and os.listdir(root):
             raise ConfigError(f"out: run directory already exists and is not empty: {root} "
                               "(choose another --out; nothing was overwritten)")
         parallel.barrier(f"s2e_jax.runs.create:{root}")
         if is_writer():
-            os.makedirs(root, exist_ok=True)
+            parent = os.path.dirname(os.path.abspath(root))
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(f"out: cannot create {root}: {parent} is not a directory"
+                                  if os.path.exists(parent) else f"out: cannot create {root}: {err.strerror}") from None
+            if not os.path.exists(root):
+                try:
+                    os.mkdir(root)  # atomic: of two runs started at once, one gets it
+                except FileExistsError:
+                    raise ConfigError(f"out: run directory {root} was created by another run just now "
+                                      "(choose another --out; nothing was overwritten)") from None
+                except OSError as err:
+                    raise ConfigError(f"out: cannot create {root}: {err.strerror}") from None
         return cls(root)
 
     @classmethod
     def open(cls, root: str) -> "RunDir":
+        _refuse_a_file(root)
         if is_writer():
-            os.makedirs(root, exist_ok=True)
+            try:
+                os.makedirs(root, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(f"out: cannot create {root}: {err.strerror}") from None
         return cls(root)
 
     def path(self, name: str) -> str:

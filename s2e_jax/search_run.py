@@ -150,6 +150,14 @@ def _searcher(cfg: SearchConfig, space):
     return search.make_searcher(cfg.algo, space, samples=cfg.samples, seed=cfg.train.seed, **opts)
 
 
+def _no_work_in(root: str) -> bool:
+    """Whether a search directory holds nothing but its ``search_config.json`` and empty folders."""
+    for here, _dirs, files in os.walk(root):
+        if any(here != root or f != "search_config.json" for f in files):
+            return False
+    return True
+
+
 def run(cfg: SearchConfig, dataset=None) -> dict:
     """Run (or resume) a search; returns the summary written to ``<algo>/result.json``."""
     cfg.validate()
@@ -162,7 +170,9 @@ def run(cfg: SearchConfig, dataset=None) -> dict:
         fresh = not root.exists("search_config.json")
         if not fresh:
             old = root.read_json("search_config.json")
-            if runs.identity_files_by_content(old.get("identity")) != ident:
+            if runs.identity_files_by_content(old.get("identity")) != ident and _no_work_in(root.root):
+                fresh = True  # a search that stopped before its first training (bad data, say): no work lost
+            elif runs.identity_files_by_content(old.get("identity")) != ident:
                 raise ConfigError(f"out: {cfg.out} holds a search with other settings (data, noise, "
                                   "training, space or seed); choose another --out")
         elif os.path.isdir(root.root) and os.listdir(root.root):

@@ -252,3 +252,17 @@ def test_loop_driver_equals_scan_driver():
     assert a["theta_updates"] == b["theta_updates"] > 0 and a["retrain"] is None
     np.testing.assert_allclose(a["theta"], b["theta"], rtol=1e-5)
     assert a["shared"]["final_test_acc"] == pytest.approx(b["shared"]["final_test_acc"], abs=1e-6)
+
+
+def test_an_asng_run_that_stopped_before_training_does_not_block_the_corrected_rerun(tmp_path):
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / "asng_config.json").write_text(json.dumps(dict(identity={"other": 1}, config={})))
+    cfg = asng.AsngConfig(TrainConfig(dataset="digits", epochs=2, progress=False), out=str(out))
+    root, done = asng._open_out(cfg)
+    assert done is None and os.listdir(out) == []  # only its own config, removed; rewritten by run()
+    (out / "asng_config.json").write_text(json.dumps(dict(identity={"other": 1}, config={})))
+    (out / "metrics.csv").write_text("epoch\n0\n")
+    with pytest.raises(ConfigError, match="does not hold this ASNG run"):
+        asng._open_out(cfg)
+    assert (out / "metrics.csv").read_text() == "epoch\n0\n"

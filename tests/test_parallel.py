@@ -238,3 +238,24 @@ def test_bfloat16_reaches_every_convolution_of_model1(pool_s2d):
     convs_ = [ln for ln in str(jax.make_jaxpr(fwd)(v16, x)).splitlines() if "conv_general_dilated[" in ln]
     assert len(convs_) == 2 and all("f32[" not in ln and "bf16[" in ln for ln in convs_), convs_
     assert fwd(v16, x).dtype == jnp.bfloat16
+
+
+def test_run_trials_refuses_zero_epochs(prep):
+    with pytest.raises(ConfigError, match="epochs: must be >= 1, got 0"):
+        parallel.run_trials(prep, SCHEDS[:1], SEEDS[:1], epochs=0)
+
+
+def test_run_dir_on_a_file_or_under_one_is_one_clear_message(tmp_path):
+    f = tmp_path / "f"
+    f.write_text("mine")
+    for make in (runs.RunDir.create, runs.RunDir.open):
+        with pytest.raises(ConfigError, match="out: .*f is a file, not a directory .*nothing was overwritten"):
+            make(str(f))
+        with pytest.raises(ConfigError, match="out: cannot create .*f/sub: .*[Nn]ot a directory"):
+            make(str(f / "sub"))
+    assert f.read_text() == "mine"
+    runs.RunDir.create(str(tmp_path / "a" / "b"))  # parents are made
+    assert (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "a" / "b" / "x").write_text("")
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
+        runs.RunDir.create(str(tmp_path / "a" / "b"))

@@ -176,3 +176,20 @@ def test_kill_9_then_resume_gives_the_same_trials(tmp_path):
     p.wait()
     subprocess.run(args + ["--out", str(out)], check=True, env=env, capture_output=True)
     assert _trials(out) == _trials(ref)
+
+
+def test_a_search_that_stopped_before_training_does_not_block_the_corrected_rerun(tmp_path, small_digits):
+    """A search refused at its data (say) leaves only search_config.json and an empty folder: the
+    rerun with the right settings takes the directory; one with trainings in it is still refused."""
+    out = tmp_path / "s"
+    bad = _cfg(out, algo="random", iterations=1)
+    bad.train = bad.train.replace(dataset=str(tmp_path / "none.npz"))
+    with pytest.raises(ConfigError, match="dataset: file not found"):
+        search_run.run(bad)
+    assert sorted(os.listdir(out)) == ["random", "search_config.json"]
+    search_run.run(_cfg(out, algo="random", iterations=1), small_digits)
+    assert len(_trials(out, algo="random")) == 2
+    other = _cfg(out, algo="random")
+    other.train = other.train.replace(noise_rate=0.2)
+    with pytest.raises(ConfigError, match="holds a search with other settings"):
+        search_run.run(other, small_digits)
