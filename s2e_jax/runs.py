@@ -91,10 +91,7 @@ class RunDir:
         need a shared file system, as resuming does) before process 0 creates it."""
         from s2e_jax import parallel
 
-        _refuse_a_file(root)
-        if os.path.exists(root) and os.listdir(root):
-            raise ConfigError(f"out: run directory already exists and is not empty: {root} "
-                              "(choose another --out; nothing was overwritten)")
+        cls.check_new(root)
         parallel.barrier(f"s2e_jax.runs.create:{root}")
         if is_writer():
             parent = os.path.dirname(os.path.abspath(root))
@@ -112,6 +109,14 @@ class RunDir:
                 except OSError as err:
                     raise ConfigError(f"out: cannot create {root}: {err.strerror}") from None
         return cls(root)
+
+    @staticmethod
+    def check_new(root: str):
+        """Raise :class:`ConfigError` where :meth:`create` would refuse ``root``; create nothing."""
+        _refuse_a_file(root)
+        if os.path.exists(root) and os.listdir(root):
+            raise ConfigError(f"out: run directory already exists and is not empty: {root} "
+                              "(choose another --out; nothing was overwritten)")
 
     @classmethod
     def open(cls, root: str) -> "RunDir":

@@ -625,6 +625,8 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
     """
     from s2e_jax import parallel, runs
 
+    if config.out:  # refused before loading data (tfds) or estimating F-correction's T, not after
+        runs.RunDir.check_new(config.out)
     prep = prepare(config, dataset)
     # every process checks the directory (runs.RunDir.create); only process 0 writes into it
     run = runs.RunDir.create(config.out) if config.out else None

@@ -356,3 +356,13 @@ def test_tau_must_be_given_where_no_noise_rate_is_set(digits, tmp_path):
     assert float(T.prepare(_cfg(noise="none", tau=0.1), digits).sched[0]) == pytest.approx(0.1)
     T.prepare(_cfg(noise="none", method="standard"), digits)  # no schedule: nothing to ask
     assert float(T.prepare(_cfg(), digits).sched[0]) == 0.5  # synthetic noise: tau = its rate
+
+
+def test_a_taken_out_is_refused_before_the_data_is_loaded(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    monkeypatch.setattr(T, "prepare", lambda *a, **k: pytest.fail("prepare ran before the out check"))
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
+        T.train(_cfg(out=str(out)))
+    assert (out / "summary.json").read_text() == "{}"
