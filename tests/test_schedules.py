@@ -10,7 +10,7 @@ from s2e_jax import schedules
 from s2e_jax.config import ConfigError
 
 
-@pytest.mark.parametrize("name", ["s2e", "coteaching", "single1", "single2", "single3", "single4", "rbf", "mlp"])
+@pytest.mark.parametrize("name", ["s2e", "s2e_paper", "coteaching", "single1", "single2", "single3", "single4", "rbf", "mlp"])
 def test_every_space_stays_in_range_with_R0_equal_1(name):
     space = schedules.get_space(name)
     rng = np.random.default_rng(0)
@@ -123,3 +123,21 @@ def test_a_time_scaled_schedule_file_round_trips(tmp_path):
     back, xb = schedules.load_schedule_file(str(tmp_path / "s.json"))
     assert back.name == "s2e@20"
     np.testing.assert_allclose(back.curve(xb, 10), space.curve(x, 10))
+
+
+def test_s2e_paper_scales_every_beta_to_0_1_and_the_default_keeps_its_ranges(tmp_path):
+    """Section 3.3.2: "we set all beta_i's to be in the range [0, 1]" (s2e_paper); s2e keeps a2, a3
+    in [0, 0.5] and a4 in [0, 2]. The name travels through a schedule file and a time scale."""
+    x = np.concatenate([[0.1, 0.2, 0.3, 0.4], np.linspace(0.05, 0.95, 16)]).astype(np.float32)
+    box = x[4:].reshape(4, 4)
+    paper = np.asarray(schedules.get_space("s2e_paper").decode(jnp.asarray(x)))
+    np.testing.assert_allclose(paper[:4], x[:4])
+    np.testing.assert_allclose(paper[4:].reshape(4, 4), box, rtol=1e-6)
+    default = np.asarray(schedules.get_space("s2e").decode(jnp.asarray(x)))[4:].reshape(4, 4)
+    np.testing.assert_allclose(default, box * np.asarray([1.0, 0.5, 0.5, 2.0]), rtol=1e-6)
+    assert not np.allclose(schedules.get_space("s2e_paper").curve(x, 200), schedules.get_space("s2e").curve(x, 200))
+    for name in ("s2e_paper", "s2e_paper@20"):
+        schedules.save_schedule_file(str(tmp_path / "p.json"), schedules.get_space(name), x, 10)
+        sp, x2 = schedules.load_schedule_file(str(tmp_path / "p.json"))
+        assert sp.name == name
+        np.testing.assert_allclose(sp.curve(x2, 10), schedules.get_space(name).curve(x, 10), rtol=1e-6)
