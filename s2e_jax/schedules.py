@@ -98,7 +98,9 @@ def _scale(u, ranges):
 
 # ---------------------------------------------------------------- ablation spaces (Table 2)
 def _rbf_rate(t, params, T):
-    # 1 input (t / T), 4 Gaussian RBF units, sigmoid output; params = [centers, log-widths, weights, bias].
+    # 1 input (t / T), 4 Gaussian RBF units, sigmoid output; params = [centers, precisions (the decoded
+    # 10^(3x): they multiply the squared distance), weights, bias]. R(0) = 1, as every space here:
+    # Assumption 1's start, which section 4.2.1 does not impose on these spaces (one epoch of difference).
     c, w, v, b = params[0:4], params[4:8], params[8:12], params[12]
     h = jnp.exp(-((t / T - c) ** 2) * w)
     r = jax.nn.sigmoid(jnp.dot(v, h) + b)
@@ -106,7 +108,7 @@ def _rbf_rate(t, params, T):
 
 
 def _mlp_rate(t, params, T):
-    # 1 input (t / T), 4 ReLU units, sigmoid output; params = [w1 (4), b1 (4), w2 (4), b2].
+    # 1 input (t / T), 4 ReLU units, sigmoid output; params = [w1 (4), b1 (4), w2 (4), b2]; R(0) = 1 (as rbf).
     w1, b1, w2, b2 = params[0:4], params[4:8], params[8:12], params[12]
     h = jnp.maximum(w1 * (t / T) + b1, 0.0)
     r = jax.nn.sigmoid(jnp.dot(w2, h) + b2)
@@ -161,7 +163,9 @@ def make_single_space(i: int, ranges=DEFAULT_RANGES) -> Space:
 
 
 def make_coteaching_space(max_tk: float | None = None) -> Space:
-    """Eq. (1)'s space: tau in [0, 1), t_k in [1, T] (or [1, max_tk]), c in [0.5, 2]."""
+    """Eq. (1)'s space: tau in [0, 0.99], t_k in [1, T] (or [1, max_tk]), c in [0.5, 2] continuous
+    (Appendix B.1 samples c from {0.5, 1, 2}; a continuous c contains those and lets the gradient-
+    based searchers move)."""
 
     def decode(x, T):
         hi = float(max_tk if max_tk is not None else T)

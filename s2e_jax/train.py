@@ -155,8 +155,10 @@ def _zeros_acc(n):
 
 
 def adam_plan(epoch, *, lr, epochs, decay_start, beta1, beta1_late):
-    """Appendix A / Co-teaching's code: lr decays linearly to 0 from ``decay_start``; beta1 moves
-    from ``beta1`` to ``beta1_late`` at the same epoch."""
+    """Appendix A.2.1 ("initial learning rate is 0.001, and is linearly decayed to zero from the 80th
+    epoch", Adam with momentum 0.9): lr decays linearly to 0 from ``decay_start``; beta1 moves from
+    ``beta1`` to ``beta1_late`` at the same epoch, as Co-teaching's code does (``beta1_plan``, 0.1;
+    the paper does not say)."""
     e = jnp.asarray(epoch, jnp.float32)
     late = e >= decay_start
     span = max(epochs - decay_start, 1)
