@@ -51,6 +51,7 @@ __all__ = [
     "Model3",
     "MODEL_NAMES",
     "get_model",
+    "auto_pool_s2d",
     "default_model",
     "count_params",
     "fused_stem",
@@ -397,6 +398,15 @@ def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jn
 # ----------------------------------------------------------------------------------------------
 # registry / utilities
 # ----------------------------------------------------------------------------------------------
+def auto_pool_s2d(conv_impl: str, driver: str, backend: str | None = None) -> bool:
+    """Model 1's ``pool_s2d`` where it was measured faster (:func:`s2e_jax.train.resolve_pool_s2d`
+    gives the figures): on XLA's CPU backend with convolutions as slices or the ``loop`` driver (not
+    XLA's convolutions inside ``lax.scan``); on a GPU with XLA's convolutions or slices."""
+    if (backend or jax.default_backend()) == "cpu":
+        return conv_impl == "slices" or driver == "loop"
+    return conv_impl in ("slices", "xla")
+
+
 def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: bool | None = None,
               pool_s2d: bool | None = None) -> nn.Module:
     """Build a Table 4 network by name: 'mlp', 'model1', 'model2' or 'model3'; ``conv_impl`` (one of
@@ -421,7 +431,8 @@ def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: 
         return MLP(num_classes=num_classes)
     cpu = jax.default_backend() == "cpu"
     if key == "model1":  # its second conv's input comes from a max-pool, which XLA stores anyway
-        return Model1(num_classes=num_classes, conv_impl=conv_impl, pool_s2d=(cpu or conv_impl in ("xla", "slices")) if pool_s2d is None else bool(pool_s2d))
+        s2d = auto_pool_s2d(conv_impl, "loop") if pool_s2d is None else bool(pool_s2d)
+        return Model1(num_classes=num_classes, conv_impl=conv_impl, pool_s2d=s2d)
     if materialize is None:
         materialize = cpu
     cls = {"model2": Model2, "model3": Model3}[key]

@@ -170,11 +170,11 @@ def run(cfg: SearchConfig, dataset=None) -> dict:
         fresh = not root.exists("search_config.json")
         if not fresh:
             old = root.read_json("search_config.json")
-            if runs.identity_files_by_content(old.get("identity")) != ident and _no_work_in(root.root):
+            if runs.identity_files_by_content(old.get("identity")) != ident:
+                if not _no_work_in(root.root):
+                    raise ConfigError(f"out: {cfg.out} holds a search with other settings (data, noise, "
+                                      "training, space or seed); choose another --out")
                 fresh = True  # a search that stopped before its first training (bad data, say): no work lost
-            elif runs.identity_files_by_content(old.get("identity")) != ident:
-                raise ConfigError(f"out: {cfg.out} holds a search with other settings (data, noise, "
-                                  "training, space or seed); choose another --out")
         elif os.path.isdir(root.root) and os.listdir(root.root):
             raise ConfigError(f"out: {cfg.out} exists and is not a search directory; nothing was overwritten")
         parallel.barrier(f"s2e_jax.search_run:{cfg.out}")

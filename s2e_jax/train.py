@@ -467,9 +467,7 @@ def resolve_pool_s2d(setting: str, driver: str, backend: Optional[str] = None, c
     measured with it)."""
     if setting != "auto":
         return setting == "on"
-    if (backend or jax.default_backend()) == "cpu":
-        return conv_impl == "slices" or driver == "loop"
-    return conv_impl in ("slices", "xla")
+    return models_lib.auto_pool_s2d(conv_impl, driver, backend)
 
 
 def resolve_conv_impl(setting: str, driver: str, model_name: str, net_form: str,
