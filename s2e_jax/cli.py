@@ -42,6 +42,9 @@ def _add_train_args(p: argparse.ArgumentParser):
                    help="auto | on | off: Model 1's conv + 2x2 max-pool as one space-to-depth convolution "
                         "(auto: where measured faster: on, except inside lax.scan on the CPU with XLA's convolutions "
                         "and on a GPU with --conv-impl blockdiag or patches)")
+    p.add_argument("--stem-patches", default=d.stem_patches,
+                   help="off | on: Model 1 stores its first layer's space-to-depth patches of every image once "
+                        "(uint8, 6.9x the images of 32x32) so that its first layer is one matmul per step")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--precision", default=d.precision,
                    help="float32 | bfloat16 (bf16 compute on float32 master weights)")

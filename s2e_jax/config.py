@@ -29,6 +29,7 @@ PRECISIONS = ("float32", "bfloat16")
 INPUT_NORMS = ("standardize", "unit")
 CONV_IMPLS = ("auto", "xla", "patches", "slices", "blockdiag")
 POOL_S2D = ("auto", "on", "off")
+STEM_PATCHES = ("off", "on")
 
 
 def _fail(field: str, problem: str):
@@ -95,6 +96,7 @@ class TrainConfig:
     driver: str = "auto"               # epoch driver: scan (one jitted lax.scan) | loop (jitted steps)
     conv_impl: str = "auto"            # convolutions: xla | patches | slices | blockdiag (s2e_jax/convs.py)
     pool_s2d: str = "auto"             # Model 1's conv + pool as one space-to-depth conv: on | off (auto: on, but off inside lax.scan on the CPU with XLA's convs)
+    stem_patches: str = "off"          # Model 1: store conv0's space-to-depth patches once (6.9x the images), conv0 one matmul
     eval_batch_size: int = 1000
     precision: str = "float32"         # float32 | bfloat16 (bf16 compute, float32 master weights)
     memory_budget_mib: Optional[float] = None  # per-device budget of K trials in one program; None: auto
@@ -131,6 +133,7 @@ class TrainConfig:
         _check_choice("driver", self.driver, DRIVERS)
         _check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
         _check_choice("pool_s2d", self.pool_s2d, POOL_S2D)
+        _check_choice("stem_patches", self.stem_patches, STEM_PATCHES)
         _check_int("eval_batch_size", self.eval_batch_size, 1)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("input_norm", self.input_norm, INPUT_NORMS)

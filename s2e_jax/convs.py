@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["patches_conv", "slices_conv", "blockdiag_conv", "conv_max_pool", "space_to_depth_kernel", "materialized",
-           "BLOCKDIAG_MAX_CHANNELS"]
+           "space_to_depth_patches", "patches_max_pool", "BLOCKDIAG_MAX_CHANNELS"]
 
 DN = ("NHWC", "HWIO", "NHWC")
 # the widest stacked convolution blockdiag_conv builds (input or output channels): G networks of a
@@ -343,18 +343,10 @@ def _phase_max_bwd(res, g):
 _phase_max.defvjp(_phase_max_fwd, _phase_max_bwd)
 
 
-def conv_max_pool(x, kernel, padding="VALID", conv=None):
-    """``max_pool_2x2(conv(x, kernel))`` (stride 1, NHWC/HWIO; floor-mode 2x2 pool, stride 2) computed
-    as ONE convolution of the input rearranged space-to-depth with :func:`space_to_depth_kernel`,
-    then the max of the four output phases. Equal up to float reassociation; ties share the
-    gradient, as ``models.max_pool_2x2``. ``conv`` is the ``conv_general_dilated`` to use (XLA's by
-    default; :func:`blockdiag_conv` etc. work too).
-
-    Measured on a 2-core CPU (XLA + YNNPACK, batch 128, experiments/bench_model1_layers.py): Model
-    1's first layer (3 -> 6 channels, two networks fused: 12) forward 15.8 -> 5.6 ms, forward +
-    kernel gradient 20.6 -> 12.6 ms; its second (6 -> 16) forward + both gradients 14.4 -> 6.5 ms."""
-    conv = jax.lax.conv_general_dilated if conv is None else conv
-    kh, kw = kernel.shape[:2]
+def _space_to_depth_input(x, kh, kw, padding):
+    """``x`` [B, H, W, C] -> ``(xs, ho, wo)``: the input of :func:`conv_max_pool`'s one convolution,
+    ``xs`` [B, hs, ws, 4C] (2x2 blocks as channels, ordered (row, column, c)), and the pooled output
+    size ho x wo. Works on any dtype (uint8 images for :func:`space_to_depth_patches`)."""
     if padding == "SAME":  # SAME for stride 1: (k - 1) zeros split low/high, then VALID
         x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
     elif padding != "VALID":
@@ -366,6 +358,50 @@ def conv_max_pool(x, kernel, padding="VALID", conv=None):
     hs, ws = ho + kh // 2, wo + kw // 2  # input blocks that output needs
     # crop to 2hs x 2ws (or pad: the extra row/column meets only zero taps)
     x = jnp.pad(x[:, : 2 * hs, : 2 * ws], ((0, 0), (0, max(2 * hs - h, 0)), (0, max(2 * ws - w, 0)), (0, 0)))
-    xs = x.reshape(b, hs, 2, ws, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hs, ws, 4 * c)
+    return x.reshape(b, hs, 2, ws, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hs, ws, 4 * c), ho, wo
+
+
+def conv_max_pool(x, kernel, padding="VALID", conv=None):
+    """``max_pool_2x2(conv(x, kernel))`` (stride 1, NHWC/HWIO; floor-mode 2x2 pool, stride 2) computed
+    as ONE convolution of the input rearranged space-to-depth with :func:`space_to_depth_kernel`,
+    then the max of the four output phases. Equal up to float reassociation; ties share the
+    gradient, as ``models.max_pool_2x2``. ``conv`` is the ``conv_general_dilated`` to use (XLA's by
+    default; :func:`blockdiag_conv` etc. work too).
+
+    Measured on a 2-core CPU (XLA + YNNPACK, batch 128, experiments/bench_model1_layers.py): Model
+    1's first layer (3 -> 6 channels, two networks fused: 12) forward 15.8 -> 5.6 ms, forward +
+    kernel gradient 20.6 -> 12.6 ms; its second (6 -> 16) forward + both gradients 14.4 -> 6.5 ms."""
+    conv = jax.lax.conv_general_dilated if conv is None else conv
+    xs, _, _ = _space_to_depth_input(x, *kernel.shape[:2], padding)
     y = conv(xs, space_to_depth_kernel(kernel), (1, 1), "VALID", dimension_numbers=DN)
+    return _phase_max(y)
+
+
+# ----------------------------------------------------------------------------------- a stem from stored patches
+def space_to_depth_patches(x, kh: int, kw: int):
+    """[B, H, W, C] -> [B, ho, wo, rh*rw*4C] (rh = kh//2 + 1, rw = kw//2 + 1): the patches
+    :func:`slices_conv` builds inside :func:`conv_max_pool` (features ordered (tap row, tap column,
+    block row, block column, c)), for a kh x kw VALID convolution + 2x2 max-pool with pooled output
+    ho x wo. (No SAME: its zeros belong after the normalization, and these are normalized after.)
+
+    For a network's FIRST layer these depend on the data only: computed once per data set (any
+    dtype; uint8 images give uint8 patches, ``TrainConfig.stem_patches``), a training step's first
+    layer is a gather of patch rows and one matmul (:func:`patches_max_pool`) instead of building
+    them from the gathered images at every step of every trial. Costs rh*rw*4/(pool input/output
+    ratio) the images' memory: 6.9x for a 32x32 image and a 5x5 kernel (14x14x108 per image)."""
+    xs, ho, wo = _space_to_depth_input(x, kh, kw, "VALID")
+    cols = [xs[:, i: i + ho, j: j + wo, :] for i in range(kh // 2 + 1) for j in range(kw // 2 + 1)]
+    return jnp.concatenate(cols, axis=-1)
+
+
+def patches_max_pool(patches, kernel, precision=None):
+    """``conv_max_pool(x, kernel)`` from ``patches = space_to_depth_patches(x, kh, kw)``: one matmul
+    with the space-to-depth kernel, then the max of the four output phases (the same arithmetic as
+    ``conv_max_pool(x, kernel, conv=slices_conv)``)."""
+    ks = space_to_depth_kernel(kernel)
+    if patches.shape[-1] != ks.shape[0] * ks.shape[1] * ks.shape[2]:
+        raise ValueError(f"patches_max_pool: patches with {patches.shape[-1]} features do not match a "
+                         f"{kernel.shape[0]}x{kernel.shape[1]} kernel of {kernel.shape[2]} input channels "
+                         f"({ks.shape[0] * ks.shape[1] * ks.shape[2]} expected)")
+    y = jnp.einsum("bhwp,po->bhwo", patches, ks.reshape(-1, ks.shape[-1]), precision=precision)
     return _phase_max(y)

@@ -30,6 +30,8 @@ Choices taken from the released code of the papers Table 4 cites (documented whe
 * Model 1's conv + pool pairs are one layer each (:class:`ConvPool`), by default computed as one
   space-to-depth convolution (:func:`s2e_jax.convs.conv_max_pool`, ``pool_s2d``; not inside
   ``lax.scan`` on the CPU with XLA's convolutions: :func:`s2e_jax.train.resolve_pool_s2d`).
+* Model 1 with ``stem_patches`` takes, instead of images, its first layer's space-to-depth patches
+  (:func:`model_input`, computed once per data set): its first layer is then one matmul.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from s2e_jax.convs import blockdiag_conv, conv_max_pool, materialized, patches_conv, slices_conv
+from s2e_jax.convs import (blockdiag_conv, conv_max_pool, materialized, patches_conv, patches_max_pool, slices_conv,
+                           space_to_depth_patches)
 
 _CONV_FNS = {"patches": patches_conv, "slices": slices_conv, "blockdiag": blockdiag_conv}
 
@@ -55,6 +58,7 @@ __all__ = [
     "default_model",
     "count_params",
     "fused_stem",
+    "model_input",
     "max_pool_2x2",
     "materialized",
     "ConvPool",
@@ -191,14 +195,18 @@ class ConvPool(nn.Module):
     padding: str = "VALID"
     conv_impl: str = "xla"
     s2d: bool = False
+    from_patches: bool = False  # x is ``convs.space_to_depth_patches`` of the input (a stem's stored patches)
 
     @nn.compact
     def __call__(self, x):
-        k, ci = self.kernel_size, x.shape[-1]
+        k = self.kernel_size
+        ci = x.shape[-1] // (4 * (k // 2 + 1) ** 2) if self.from_patches else x.shape[-1]
         init = _torch_uniform(k * k * ci)
         kernel = self.param("kernel", init, (k, k, ci, self.features))
         bias = self.param("bias", init, (self.features,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)  # as nn.Conv
+        if self.from_patches:
+            return patches_max_pool(x, kernel) + bias
         return conv_pool(x, kernel, bias, self.padding, self.conv_impl, self.s2d)
 
 
@@ -240,6 +248,7 @@ class Model1(nn.Module):
     num_classes: int = 10
     conv_impl: str = "xla"  # CONV_IMPLS: XLA's convolution or one of :mod:`s2e_jax.convs`
     pool_s2d: bool = False  # each conv + pool as one space-to-depth convolution
+    stem_patches: bool = False  # the input is conv0's patches (:func:`model_input`), conv0 one matmul
 
     stem_name = "conv0"
     stem_kernel = 5
@@ -251,8 +260,11 @@ class Model1(nn.Module):
     def __call__(self, x, train: bool = False, skip_stem: bool = False):
         layer = lambda f, name: ConvPool(f, 5, "VALID", self.conv_impl, self.pool_s2d, name=name)  # noqa: E731
         if not skip_stem:  # with skip_stem, x already is post_stem(conv0(x))
-            _check_spatial(x, 6, "model1")
-            x = self.post_stem(layer(6, "conv0")(x))
+            if self.stem_patches:  # x: [B, ho, wo, 9*4*C] patches of the images (model_input)
+                x = self.post_stem(ConvPool(6, 5, "VALID", from_patches=True, name="conv0")(x))
+            else:
+                _check_spatial(x, 6, "model1")
+                x = self.post_stem(layer(6, "conv0")(x))
         _check_spatial(x, 6, "model1")
         x = nn.relu(layer(16, "conv1")(x))
         x = x.reshape((x.shape[0], -1))
@@ -384,6 +396,8 @@ def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jn
     bias = jnp.concatenate([jnp.asarray(s["bias"]) for s in stems], axis=-1)
     if isinstance(model, MLP):
         y = x.reshape((x.shape[0], -1)) @ kernel + bias
+    elif getattr(model, "stem_patches", False):  # Model 1 on stored patches (model_input)
+        y = patches_max_pool(x, kernel) + bias
     elif getattr(model, "stem_pool", False):  # Model 1: conv + pool, one ConvPool layer
         y = conv_pool(x, kernel, bias, model.stem_padding, model.conv_impl, model.pool_s2d)
     else:
@@ -393,6 +407,26 @@ def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jn
     sizes = [s["kernel"].shape[-1] for s in stems]
     splits = [sum(sizes[: k + 1]) for k in range(len(sizes) - 1)]
     return jnp.split(y, splits, axis=-1)
+
+
+MODEL_INPUT_CHUNK = 4096  # images per step of model_input: bounds its temporaries (6.9x a 32x32 image)
+
+
+def model_input(model: nn.Module, x):
+    """What ``model`` takes as input for images ``x`` [N, H, W, C] (any dtype; uint8 stays uint8):
+    the images themselves, or, for Model 1 with ``stem_patches``, its first layer's space-to-depth
+    patches [N, ho, wo, 9*4*C] (:func:`s2e_jax.convs.space_to_depth_patches`). The trainer stores its
+    data so, once (``train.device_data``); per-channel normalization applies to either (a patch
+    feature's channel is its index mod C)."""
+    if not getattr(model, "stem_patches", False):
+        return x
+    x = jnp.asarray(x)
+    _check_spatial(x, 6, "model1")
+    k, chunk = model.stem_kernel, MODEL_INPUT_CHUNK
+    fn = jax.jit(lambda a: space_to_depth_patches(a, k, k))  # Model 1's stem is VALID
+    if x.shape[0] <= chunk:
+        return fn(x)
+    return jnp.concatenate([fn(x[i: i + chunk]) for i in range(0, x.shape[0], chunk)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,7 +442,7 @@ def auto_pool_s2d(conv_impl: str, driver: str, backend: str | None = None) -> bo
 
 
 def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: bool | None = None,
-              pool_s2d: bool | None = None) -> nn.Module:
+              pool_s2d: bool | None = None, stem_patches: bool = False) -> nn.Module:
     """Build a Table 4 network by name: 'mlp', 'model1', 'model2' or 'model3'; ``conv_impl`` (one of
     :data:`CONV_IMPLS`) is how the conv models compute a convolution (the MLP has none).
     ``materialize`` (Models 2-3, whose conv inputs come from BatchNorm; :func:`materialized`) and
@@ -417,7 +451,8 @@ def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: 
     "blockdiag" or "patches" (slower there, or not measured; ``train.prepare`` resolves
     ``TrainConfig.pool_s2d`` "auto" by the driver and ``conv_impl`` too, off only inside ``lax.scan``
     on XLA's CPU backend with XLA's convolutions: :func:`s2e_jax.train.resolve_pool_s2d`).
-    ``materialize``: None = on XLA's CPU backend only (measured there)."""
+    ``materialize``: None = on XLA's CPU backend only (measured there). ``stem_patches`` (Model 1
+    only): the network takes its first layer's patches, not images (:func:`model_input`)."""
     from s2e_jax.config import ConfigError
 
     key = str(name).strip().lower()
@@ -427,12 +462,15 @@ def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: 
         raise ConfigError(f"num_classes: must be an integer >= 2, got {num_classes!r}")
     if conv_impl not in CONV_IMPLS:
         raise ConfigError(f"conv_impl: unknown value {conv_impl!r} (expected one of {', '.join(CONV_IMPLS)})")
+    if stem_patches and key != "model1":
+        raise ConfigError(f"stem_patches: only Model 1's first layer (conv + pool) can start from stored "
+                          f"patches, not {key}'s")
     if key == "mlp":
         return MLP(num_classes=num_classes)
     cpu = jax.default_backend() == "cpu"
     if key == "model1":  # its second conv's input comes from a max-pool, which XLA stores anyway
         s2d = auto_pool_s2d(conv_impl, "loop") if pool_s2d is None else bool(pool_s2d)
-        return Model1(num_classes=num_classes, conv_impl=conv_impl, pool_s2d=s2d)
+        return Model1(num_classes=num_classes, conv_impl=conv_impl, pool_s2d=s2d, stem_patches=bool(stem_patches))
     if materialize is None:
         materialize = cpu
     cls = {"model2": Model2, "model3": Model3}[key]

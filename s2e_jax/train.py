@@ -43,23 +43,26 @@ from s2e_jax.config import ConfigError, TrainConfig
 class DeviceData(NamedTuple):
     """Everything a training reads, on the device. Images stay uint8; normalized per batch."""
 
-    x_train: jax.Array   # uint8 [N, H, W, C]
+    x_train: jax.Array   # uint8 [N, H, W, C] (the model's input: Model 1's conv0 patches, models.model_input)
     y_train: jax.Array   # int32 [N] (noisy)
     clean: jax.Array     # float32 [N]: 1 where the training label is the clean one
     x_val: jax.Array
     y_val: jax.Array
     x_test: jax.Array
     y_test: jax.Array
-    mean: jax.Array      # float32 [C] per-channel mean of the training images (in [0, 1])
+    mean: jax.Array      # float32 [C] per-channel mean of the training images (in [0, 1]; per patch feature)
     std: jax.Array       # float32 [C]
     transition: jax.Array  # float32 [K, K]: F-correction's T (identity otherwise); traced, not static
 
 
-def device_data(ds, is_clean, transition=None, input_norm: str = "standardize") -> DeviceData:
+def device_data(ds, is_clean, transition=None, input_norm: str = "standardize", model=None) -> DeviceData:
     """Put a :class:`s2e_jax.data.Dataset` on the device once (``transition``: F-correction's T).
 
     ``input_norm``: ``"standardize"`` (per-channel mean and std of the training images) or
     ``"unit"`` (pixels / 255 only, as ``ToTensor()`` in Co-teaching's and S2E's released code).
+    ``model``: the images of every split are stored as its input (:func:`s2e_jax.models.model_input`:
+    Model 1 with ``stem_patches`` takes its first layer's patches, still uint8, with ``mean``/``std``
+    repeated for each patch feature).
     """
     if input_norm == "unit":
         c = ds.x_train.shape[-1]
@@ -69,8 +72,13 @@ def device_data(ds, is_clean, transition=None, input_norm: str = "standardize") 
     else:
         raise ConfigError(f"input_norm: unknown value {input_norm!r} (expected one of standardize, unit)")
     put = jax.device_put
-    return DeviceData(put(ds.x_train), put(ds.y_train.astype(np.int32)), put(is_clean.astype(np.float32)),
-                      put(ds.x_val), put(ds.y_val.astype(np.int32)), put(ds.x_test),
+    xs = [put(x) for x in (ds.x_train, ds.x_val, ds.x_test)]
+    if model is not None:
+        xs = [models_lib.model_input(model, x) for x in xs]
+        reps = xs[0].shape[-1] // ds.x_train.shape[-1]  # a patch feature's channel: its index mod C
+        mean, std = np.tile(mean, reps), np.tile(std, reps)
+    return DeviceData(xs[0], put(ds.y_train.astype(np.int32)), put(is_clean.astype(np.float32)),
+                      xs[1], put(ds.y_val.astype(np.int32)), xs[2],
                       put(ds.y_test.astype(np.int32)), put(mean.astype(np.float32)),
                       put(std.astype(np.float32)),
                       put(np.asarray(np.eye(ds.num_classes) if transition is None else transition,
@@ -542,7 +550,8 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
     driver = driver if config.driver == "auto" else config.driver
     conv = resolve_conv_impl(config.conv_impl, driver, model_name, form)
     model = models_lib.get_model(model_name, ds.num_classes, conv,
-                                 pool_s2d=resolve_pool_s2d(config.pool_s2d, driver, conv_impl=conv))
+                                 pool_s2d=resolve_pool_s2d(config.pool_s2d, driver, conv_impl=conv),
+                                 stem_patches=config.stem_patches == "on")
     spec = selection.get_rule(config.method, init_epochs=config.resolved_init_epochs())
     if (rate is None and spec.uses_schedule and config.schedule is None and config.tau is None
             and (config.noise == "none" or config.label_file is not None)):
@@ -569,8 +578,8 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
 
         transition, info = fcorrection.transition_for(config, ds)
         noise_info.update(info)
-    return Prepared(config, trainer, device_data(ds, is_clean, transition, config.input_norm), sched, model_name, noise_info,
-                    transition)
+    return Prepared(config, trainer, device_data(ds, is_clean, transition, config.input_norm, model), sched, model_name,
+                    noise_info, transition)
 
 
 def seed_keys(seed: int, num_nets: int):

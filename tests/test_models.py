@@ -671,3 +671,63 @@ def test_pool_s2d_under_nested_vmap_of_trials_and_networks(impl):
     got, want = loss(s2d)(params), loss(plain)(params)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4),
                            got, want)
+
+
+@pytest.mark.parametrize("shape,kernel", [
+    ((2, 32, 32, 3), (5, 5, 3, 12)),   # Model 1's fused stem
+    ((3, 9, 11, 2), (3, 4, 2, 5)),     # odd sizes, an even kernel width (padded by a column)
+    ((2, 9, 9, 1), (4, 4, 1, 4)),      # padded by a row and a column (they meet zero taps only)
+])
+def test_patches_max_pool_on_stored_patches_equals_conv_max_pool(shape, kernel):
+    """The stem on stored patches (uint8 patches of uint8 images, normalized afterwards) is the same
+    arithmetic as conv_max_pool with slices_conv on the normalized images: values and kernel gradient."""
+    rng = np.random.default_rng(5)
+    img = jnp.asarray(rng.integers(0, 256, shape, dtype=np.uint8))
+    w = jnp.asarray(rng.standard_normal(kernel), jnp.float32)
+    mean, std = jnp.asarray(rng.uniform(.2, .6, shape[-1]), jnp.float32), jnp.asarray(rng.uniform(.1, .3, shape[-1]), jnp.float32)
+    norm = lambda a, m, s: (a.astype(jnp.float32) / 255.0 - m) / s  # noqa: E731
+    padding = "VALID"
+    patches = convs.space_to_depth_patches(img, kernel[0], kernel[1])
+    assert patches.dtype == jnp.uint8 and patches.shape[-1] == (kernel[0] // 2 + 1) * (kernel[1] // 2 + 1) * 4 * shape[-1]
+    reps = patches.shape[-1] // shape[-1]
+    p = norm(patches, jnp.tile(mean, reps), jnp.tile(std, reps))
+    x = norm(img, mean, std)
+    got = jax.jit(convs.patches_max_pool)(p, w)
+    want = jax.jit(lambda a, b: convs.conv_max_pool(a, b, padding, convs.slices_conv))(x, w)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(_conv_then_pool(x, w, padding)), atol=1e-4, rtol=1e-5)
+    ga = jax.grad(lambda b: jnp.sum(jnp.sin(convs.patches_max_pool(p, b))))(w)
+    gb = jax.grad(lambda b: jnp.sum(jnp.sin(_conv_then_pool(x, b, padding))))(w)
+    np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"patches with \d+ features do not match a 5x5 kernel of 7 input channels"):
+        convs.patches_max_pool(p, jnp.ones((5, 5, 7, 2)))
+
+
+@pytest.mark.parametrize("s2d", [False, True])
+def test_model1_on_stem_patches_is_the_same_network(s2d, monkeypatch):
+    """Model 1 with stem_patches on model_input(images) = Model 1 on the images: the same parameters
+    (names, shapes, init draws), outputs, gradients and fused stem; model_input in chunks as at once."""
+    rng = np.random.default_rng(6)
+    img = jnp.asarray(rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8))
+    plain, tab = get_model("model1", 10, pool_s2d=s2d), get_model("model1", 10, pool_s2d=s2d, stem_patches=True)
+    assert models.model_input(plain, img) is img
+    p_u8 = models.model_input(tab, img)
+    assert p_u8.dtype == jnp.uint8 and p_u8.shape == (5, 14, 14, 108)
+    monkeypatch.setattr(models, "MODEL_INPUT_CHUNK", 2)  # 3 chunks
+    np.testing.assert_array_equal(np.asarray(models.model_input(tab, img)), np.asarray(p_u8))
+    x, p = img.astype(jnp.float32) / 255.0, p_u8.astype(jnp.float32) / 255.0
+    v = plain.init(jax.random.PRNGKey(0), x)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, tab.init(jax.random.PRNGKey(0), p), v)
+    np.testing.assert_allclose(np.asarray(tab.apply(v, p)), np.asarray(plain.apply(v, x)), atol=1e-5, rtol=1e-5)
+    y = jnp.arange(5) % 10
+    loss = lambda m, a: lambda q: optax.softmax_cross_entropy_with_integer_labels(m.apply({"params": q}, a), y).mean()  # noqa: E731
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4),
+                           jax.grad(loss(tab, p))(v["params"]), jax.grad(loss(plain, x))(v["params"]))
+    v2 = plain.init(jax.random.PRNGKey(1), x)
+    got = fused_stem(tab, [v["params"], v2["params"]], p)
+    want = fused_stem(plain, [v["params"], v2["params"]], x)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="stem_patches: only Model 1's first layer"):
+        get_model("model2", 10, stem_patches=True)

@@ -195,6 +195,34 @@ def test_pool_s2d_trains_like_conv_then_pool(form):
         cfg.replace(pool_s2d="yes").validate()
 
 
+@pytest.mark.parametrize("form, driver", [("fused", "loop"), ("vmap", "scan")])
+def test_stem_patches_train_like_images(form, driver):
+    """``stem_patches`` stores Model 1's conv0 patches as the data (uint8, every split) and gives the
+    same epochs to float rounding: the CPU's fused stem with its loop, the vmapped networks in
+    lax.scan, and K trials in one program; off is the default, other models are refused."""
+    ds = _cifar_like()
+    cfg = _cfg(dataset="cifar_like", model="model1", epochs=2, batch_size=16, eval_batch_size=16,
+               net_form=form, driver=driver)
+    on, off = T.prepare(cfg.replace(stem_patches="on"), ds), T.prepare(cfg, ds)
+    assert (on.trainer.model.stem_patches, off.trainer.model.stem_patches) == (True, False)
+    for split in ("x_train", "x_val", "x_test"):
+        a = getattr(on.data, split)
+        assert a.dtype == jnp.uint8 and a.shape[1:] == (14, 14, 108), split
+    np.testing.assert_array_equal(np.asarray(on.data.mean), np.tile(np.asarray(off.data.mean), 36))
+    ref, got = _run(off)[1], _run(on)[1]
+    for k in ("train_loss", "val_loss", "val_acc", "test_loss", "label_precision", "kept_fraction"):
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    if form == "vmap":
+        scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0]], np.float32)
+        many = [T.train_trials(p, scheds, [3, 4], epochs=1, one_program=True) for p in (off, on)]
+        for k in ("train_loss", "val_loss", "label_precision"):
+            np.testing.assert_allclose(many[1][k], many[0][k], rtol=1e-4, atol=1e-6, err_msg=k)
+    with pytest.raises(ConfigError, match=r"stem_patches: .*'yes'.*off, on"):
+        cfg.replace(stem_patches="yes").validate()
+    with pytest.raises(ConfigError, match=r"stem_patches: only Model 1's first layer .* not model3's"):
+        T.prepare(cfg.replace(model="model3", stem_patches="on"), ds)
+
+
 def test_drivers_agree_conv():
     """One epoch as a lax.scan and as a Python loop of jitted steps give the same numbers."""
     ds = _cifar_like()
