@@ -60,12 +60,12 @@ def random_dataset(model: str, n_train=None, n_test=None, seed=0) -> data_lib.Da
 
 
 def time_training(model: str, epochs: int, run_epochs: int, batch_size: int, ds, precision="float32",
-                  seed=0, max_seconds=None, conv_impl="auto") -> dict:
+                  seed=0, max_seconds=None, conv_impl="auto", stem_patches="off") -> dict:
     """Time ``run_epochs`` epochs of a ``epochs``-epoch Co-teaching training (fewer once
     ``max_seconds`` have passed, at least 2); one table row."""
     cfg = TrainConfig(dataset=ds.name, model=model, noise="symmetric", noise_rate=0.2, epochs=epochs,
                       batch_size=batch_size, decay_start=min(80, epochs - 1), seed=seed,
-                      precision=precision, conv_impl=conv_impl, progress=False)
+                      precision=precision, conv_impl=conv_impl, stem_patches=stem_patches, progress=False)
     start = time.perf_counter()
     prep = train_lib.prepare(cfg, ds)
     carry = train_lib.init_carry(prep, seed)
@@ -88,7 +88,8 @@ def time_training(model: str, epochs: int, run_epochs: int, batch_size: int, ds,
     acc = float(np.mean(rows[-1]["test_acc"]))
     return dict(model=model, data=f"{ds.name} {len(ds.y_train)} train", epochs=epochs, run_epochs=run_epochs,
                 net_form=prep.trainer.net_form, driver=prep.trainer.driver,
-                conv=getattr(prep.trainer.model, "conv_impl", "-"), setup_s=setup,
+                conv=getattr(prep.trainer.model, "conv_impl", "-")
+                + ("+stem" if getattr(prep.trainer.model, "stem_patches", False) else ""), setup_s=setup,
                 first_epoch_s=times[0], epoch_s=rest, seconds=seconds, projected_s=projected,
                 images_per_s=steps * batch_size / rest, final_test_acc=acc)
 
@@ -123,6 +124,8 @@ def main(argv=None):
     p.add_argument("--precision", default="float32", help="float32 | bfloat16")
     p.add_argument("--conv-impl", default="auto", choices=("auto",) + CONV_IMPLS,
                    help="TrainConfig.conv_impl (default auto)")
+    p.add_argument("--stem-patches", default="off", choices=("off", "on"),
+                   help="TrainConfig.stem_patches: Model 1's first layer from stored patches (default off)")
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
     a = p.parse_args(argv)
     models = [m.strip() for m in a.models.split(",") if m.strip()]
@@ -143,7 +146,8 @@ def main(argv=None):
     for m in models:
         ds = random_dataset(m, a.n_train, a.n_test)
         rows.append(time_training(m, a.epochs, run_epochs, a.batch_size, ds, a.precision,
-                                  max_seconds=a.max_seconds, conv_impl=a.conv_impl))
+                                  max_seconds=a.max_seconds, conv_impl=a.conv_impl,
+                                  stem_patches=a.stem_patches))
         print(f"  {m}: {rows[-1]['projected_s']:.1f} s for {a.epochs} epochs "
               f"({rows[-1]['epoch_s']:.3g} s/epoch, {rows[-1]['images_per_s']:,.0f} images/s)", flush=True)
     text = head + "\n\n" + table(rows) + (

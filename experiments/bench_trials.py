@@ -265,14 +265,17 @@ class Execution:
 
 
 def conv_spec(token):
-    """``--conv-impls`` token -> (TrainConfig.conv_impl, TrainConfig.pool_s2d): IMPL, IMPL+s2d (Model 1's
-    conv + pool as one space-to-depth convolution) or IMPL-s2d (not); "-" (the MLP): the defaults."""
+    """``--conv-impls`` token -> (TrainConfig.conv_impl, TrainConfig.pool_s2d, TrainConfig.stem_patches):
+    IMPL, IMPL+s2d (Model 1's conv + pool as one space-to-depth convolution) or IMPL-s2d (not), each
+    optionally followed by +stem (its first layer from stored patches); "-" (the MLP): the defaults."""
     if token == "-":
-        return "auto", "auto"
+        return "auto", "auto", "off"
+    stem = "on" if token.endswith("+stem") else "off"
+    token = token[: -len("+stem")] if stem == "on" else token
     for suffix, s2d in (("+s2d", "on"), ("-s2d", "off")):
         if token.endswith(suffix):
-            return token[: -len(suffix)], s2d
-    return token, "auto"
+            return token[: -len(suffix)], s2d, stem
+    return token, "auto", stem
 
 
 def conv_label(e):
@@ -281,16 +284,19 @@ def conv_label(e):
         return e.conv
     tr = train_lib.one_program_trainer(e.prep) if e.label == "one program" else e.prep.trainer
     s2d = "+s2d" if getattr(tr.model, "pool_s2d", False) else ""
-    return f"{e.conv} ({getattr(tr.model, 'conv_impl', '-')}{s2d})"
+    return f"auto ({getattr(tr.model, 'conv_impl', '-')}{s2d}){'+stem' if getattr(tr.model, 'stem_patches', False) else ''}"
 
 
 def parse_execution(s, model):
+    """``--sequential`` token -> (form, driver, stem): 'default' or FORM/DRIVER, optionally +stem."""
+    stem = s.endswith("+stem")
+    s = s[: -len("+stem")] if stem else s
     if s == "default":
-        return train_lib.default_execution(model)
+        return train_lib.default_execution(model) + (stem,)
     form, _, driver = s.partition("/")
     if form not in FORMS or driver not in DRIVERS:
         raise ValueError(s)
-    return form, driver
+    return form, driver, stem
 
 
 def bench_model(model, args, rows):
@@ -306,22 +312,22 @@ def bench_model(model, args, rows):
     def prep_of(form, driver, conv):
         key = (form, driver, conv)
         if key not in preps:
-            impl, s2d = conv_spec(conv)
-            cfg = base.replace(net_form=form, driver=driver, conv_impl=impl, pool_s2d=s2d)
+            impl, s2d, stem = conv_spec(conv)
+            cfg = base.replace(net_form=form, driver=driver, conv_impl=impl, pool_s2d=s2d, stem_patches=stem)
             preps[key] = train_lib.prepare(cfg, dataset=ds)
         return preps[key]
 
     seqs = []
     for s in args.sequential:
-        form, driver = parse_execution(s, model)
-        if all((e.form, e.driver) != (form, driver) for e in seqs):
-            seqs.append(Execution("sequential", form, driver,
+        form, driver, stem = parse_execution(s, model)
+        # Model 1's sequential runs use the library's default convolutions for that driver
+        # (train.default_conv_impl), with +stem its first layer from stored patches
+        conv = "-" if model == "mlp" else "auto+stem" if stem else "auto"
+        if all((e.form, e.driver, e.conv) != (form, driver, conv) for e in seqs):
+            seqs.append(Execution("sequential", form, driver, conv=conv,
                                   default=(form, driver) == train_lib.default_execution(model)))
     convs = ["-"] if model == "mlp" else args.conv_impls
     vms = [Execution("one program", "vmap", "scan", default=False, conv=c) for c in convs]
-    if model != "mlp":
-        for e in seqs:
-            e.conv = "auto"  # the library's default for that driver (train.default_conv_impl)
     for e in seqs + vms:
         e.prep = prep_of(e.form, e.driver, e.conv)
     sched = np.asarray(vms[0].prep.sched, np.float32)
@@ -451,10 +457,12 @@ def parse_args(argv=None):
                         "implementation (TrainConfig.conv_impl; auto: the library's default, train.default_conv_impl; "
                         "sequential runs use auto); each may end in +s2d or -s2d: "
                         "with or without Model 1's conv + pool as one space-to-depth convolution "
-                        "(TrainConfig.pool_s2d; default: train.resolve_pool_s2d)")
+                        "(TrainConfig.pool_s2d; default: train.resolve_pool_s2d), then +stem: Model 1's first "
+                        "layer from stored patches (TrainConfig.stem_patches on)")
     p.add_argument("--sequential", default="default",
                    help="comma list of sequential executions: 'default' (default_execution) and/or FORM/DRIVER, "
-                        "e.g. default,vmap/scan; the first is the reference of ratio and max_dacc (default: default)")
+                        "e.g. default,vmap/scan, each optionally +stem (Model 1's TrainConfig.stem_patches on); "
+                        "the first is the reference of ratio and max_dacc (default: default)")
     p.add_argument("--repeats", type=int, default=1, help="timed calls per cell, median reported (default 1)")
     p.add_argument("--budget", type=float, default=90.0,
                    help="skip a cell whose predicted seconds exceed this (default 90; 'inf' runs everything)")
@@ -491,7 +499,8 @@ def parse_args(argv=None):
         p.error(f"--models: expected a comma list of mlp, model1, got {args.models}")
     args.conv_impls = [c.strip() for c in args.conv_impls.split(",") if c.strip()]
     if not args.conv_impls or any(conv_spec(c)[0] not in ("auto",) + CONV_IMPLS for c in args.conv_impls):
-        p.error(f"--conv-impls: expected a comma list of auto, {', '.join(CONV_IMPLS)} (each optionally +s2d or -s2d), "
+        p.error(f"--conv-impls: expected a comma list of auto, {', '.join(CONV_IMPLS)} (each optionally +s2d or -s2d, "
+                f"then optionally +stem), "
                 f"got {args.conv_impls}")
     args.sequential = [s.strip() for s in args.sequential.split(",") if s.strip()]
     for s in args.sequential:

@@ -104,6 +104,8 @@ def main(argv=None):
     p.add_argument("--n-eval", type=int, default=512, help="validation and test images each (default 512)")
     p.add_argument("--conv-impl", default="auto", help="TrainConfig.conv_impl (default auto)")
     p.add_argument("--pool-s2d", default="auto", help="TrainConfig.pool_s2d (default auto)")
+    p.add_argument("--stem-patches", default="off", choices=("off", "on"),
+                   help="TrainConfig.stem_patches: Model 1's first layer from stored patches (default off)")
     p.add_argument("--top", type=int, default=15, help="kernels listed per program (default 15)")
     p.add_argument("--out", default=None, help="also write the printout to this file")
     args = p.parse_args(argv)
@@ -114,7 +116,7 @@ def main(argv=None):
     cfg = TrainConfig(dataset=ds.name, model=args.model, method="coteaching", noise="symmetric", noise_rate=0.5,
                       batch_size=bench_trials.BATCH, epochs=1, eval_batch_size=args.n_eval, seed=0,
                       progress=False, net_form=form, driver=driver, conv_impl=args.conv_impl,
-                      pool_s2d=args.pool_s2d)
+                      pool_s2d=args.pool_s2d, stem_patches=args.stem_patches)
     prep = train_lib.prepare(cfg, dataset=ds)
     sched = np.asarray(prep.sched, np.float32)
     scheds, seeds = np.repeat(sched[None], args.k, 0), np.arange(args.k)
@@ -122,7 +124,8 @@ def main(argv=None):
     head = (f"# {args.model} on {source}: {args.n_train} train ({args.n_train // bench_trials.BATCH} steps), "
             f"{args.n_eval} val + test; jax {jax.__version__} on {jax.devices()[0].device_kind}; "
             f"one training: {form}/{driver}, conv {prep.trainer.model.conv_impl if hasattr(prep.trainer.model, 'conv_impl') else '-'}"
-            f"{'+s2d' if getattr(prep.trainer.model, 'pool_s2d', False) else ''}; one program: vmap/scan, conv "
+            f"{'+s2d' if getattr(prep.trainer.model, 'pool_s2d', False) else ''}"
+            f"{'+stem' if getattr(prep.trainer.model, 'stem_patches', False) else ''}; one program: vmap/scan, conv "
             f"{getattr(one_tr.model, 'conv_impl', '-')}{'+s2d' if getattr(one_tr.model, 'pool_s2d', False) else ''}")
     print(head, flush=True)
 

@@ -221,3 +221,17 @@ def test_profile_trials_reads_a_real_trace():
     f(x).block_until_ready()
     wall, lines = P.traced(lambda: f(x))
     assert wall > 0 and lines and all(ev and all(d >= 0 for _, d in ev) for ev in lines.values())
+
+
+def test_bench_trials_tokens_name_the_stem_from_stored_patches():
+    """bench_trials.py: '+stem' on a --conv-impls or --sequential token turns TrainConfig.stem_patches on."""
+    import bench_trials as B
+
+    assert B.conv_spec("auto") == ("auto", "auto", "off")
+    assert B.conv_spec("slices+s2d+stem") == ("slices", "on", "on")
+    assert B.conv_spec("xla-s2d") == ("xla", "off", "off")
+    assert B.conv_spec("auto+stem") == ("auto", "auto", "on")
+    assert B.parse_execution("default+stem", "model1") == B.train_lib.default_execution("model1") + (True,)
+    assert B.parse_execution("vmap/scan", "model1") == ("vmap", "scan", False)
+    with pytest.raises(ValueError):
+        B.parse_execution("vmap/fast+stem", "model1")
