@@ -182,8 +182,13 @@ def _from_dict(cls, d: dict):
 def save_json(obj: Any, path: str):
     """Write JSON atomically (temp file + rename)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # e.g. an object json cannot write: no half-written temp file left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -35,6 +35,10 @@ an even one.
 
 :func:`materialized` makes XLA's CPU backend store a convolution's input instead of recomputing it
 inside the layout transpose of the kernel gradient (Models 2 and 3).
+
+A network's FIRST conv + pool depends on parameters only through the kernel: its patches are a
+function of the data, so :func:`space_to_depth_patches` can build them once per data set (uint8) and
+:func:`patches_max_pool` computes the layer from them as one matmul (Model 1's ``stem_patches``).
 """
 from __future__ import annotations
 

@@ -70,7 +70,8 @@ def load_transition(path: str, num_classes: int) -> np.ndarray:
 
 
 def predict_proba(trainer, carry, data, x) -> np.ndarray:
-    """Softmax of each network on uint8 images ``x`` (eval mode): [N, n, C], in chunks."""
+    """Softmax of each network on uint8 inputs ``x`` (``data.x_*``: images, or Model 1's stored
+    patches; eval mode): [N, n, C], in chunks."""
     from s2e_jax.train import normalize
 
     @jax.jit
@@ -104,6 +105,11 @@ def transition_for(config, ds):
     res = train_lib.train(warm_cfg, dataset=ds)  # ds already carries the noisy labels
     prep = res.prepared
     probs = predict_proba(prep.trainer, res.carry, prep.data, prep.data.x_train)[0]
+    if not np.isfinite(probs).all():  # a diverged warm-up network: its T would make every loss NaN
+        raise ConfigError(f"fcorrection: the warm-up network ({epochs} epochs of standard training) diverged "
+                          f"(non-finite softmax; final test accuracy {res.summary['final_test_acc']:.4f}), so T "
+                          f"cannot be estimated from it; give transition_matrix (--transition-matrix), "
+                          f"a smaller lr or other fcorr_warmup_epochs")
     t = estimate_transition(probs, config.fcorr_estimator)
     info = dict(fcorr_transition=f"estimated ({config.fcorr_estimator}, {epochs} warm-up epochs)",
                 fcorr_warmup_seconds=float(time.time() - start),

@@ -25,11 +25,16 @@ def atomic_write_text(path: str, text: str):
     if not is_writer():
         return
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):  # nothing half-written left beside the user's files
+            os.remove(tmp)
+        raise
 
 
 def append_line(path: str, line: str):
@@ -143,14 +148,24 @@ class RunDir:
             return json.load(f)
 
     def append_metrics_row(self, epoch: int, row: dict, name: str = "metrics.csv"):
-        """Append one epoch's metrics to a CSV (header written with the first row)."""
+        """Append one epoch's metrics to a CSV (header written with the first row; a later row's
+        columns are written under that header, a column it lacks left empty, one it does not have
+        refused: it would shift every value after it)."""
         if not is_writer():
             return
         cols = dict(epoch=epoch, **_scalar_columns(row))
         path = self.path(name)
-        new = not os.path.exists(path)
+        new = not os.path.exists(path) or os.path.getsize(path) == 0
+        fields = list(cols)
+        if not new:
+            with open(path, newline="") as f:
+                fields = next(csv.reader(f), None) or fields
+            extra = [k for k in cols if k not in fields]
+            if extra:
+                raise ValueError(f"{path}: this row has column(s) {', '.join(extra)} that the file's header "
+                                 f"lacks (header: {', '.join(fields)})")
         with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(cols))
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
             if new:
                 w.writeheader()
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in cols.items()})

@@ -161,6 +161,15 @@ def test_transition_file_is_traced_not_compiled_in(digits, tmp_path):
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
 
 
+def test_a_diverged_warm_up_network_is_one_clear_error(digits, monkeypatch):
+    """F-correction estimating T from a warm-up network whose softmax is NaN (it diverged) stops with
+    one message naming the way out, instead of training on a NaN transition matrix."""
+    monkeypatch.setattr(fcorrection, "predict_proba", lambda *a, **k: np.full((1, 5, 10), np.nan))
+    with pytest.raises(ConfigError, match=r"fcorrection: the warm-up network \(1 epochs of standard training\) "
+                                          r"diverged .* give transition_matrix"):
+        T.prepare(_cfg(method="fcorrection", epochs=1), digits)
+
+
 def test_transition_file_errors_name_the_field(tmp_path):
     np.save(tmp_path / "bad.npy", np.ones((3, 3)))
     with pytest.raises(ConfigError, match="transition_matrix: .*sum to 1"):
