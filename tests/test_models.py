@@ -704,10 +704,11 @@ def test_patches_max_pool_on_stored_patches_equals_conv_max_pool(shape, kernel):
         convs.patches_max_pool(p, jnp.ones((5, 5, 7, 2)))
 
 
-@pytest.mark.parametrize("s2d", [False, True])
-def test_model1_on_stem_patches_is_the_same_network(s2d, monkeypatch):
+def test_model1_on_stem_patches_is_the_same_network(monkeypatch):
     """Model 1 with stem_patches on model_input(images) = Model 1 on the images: the same parameters
-    (names, shapes, init draws), outputs, gradients and fused stem; model_input in chunks as at once."""
+    (names, shapes, init draws), outputs, gradients and fused stem; model_input in chunks as at once.
+    (The stem on patches does not depend on pool_s2d, which only the second layer then uses.)"""
+    s2d = True
     rng = np.random.default_rng(6)
     img = jnp.asarray(rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8))
     plain, tab = get_model("model1", 10, pool_s2d=s2d), get_model("model1", 10, pool_s2d=s2d, stem_patches=True)

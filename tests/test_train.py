@@ -201,7 +201,7 @@ def test_stem_patches_train_like_images(form, driver):
     same epochs to float rounding: the CPU's fused stem with its loop, the vmapped networks in
     lax.scan, and K trials in one program; off is the default, other models are refused."""
     ds = _cifar_like()
-    cfg = _cfg(dataset="cifar_like", model="model1", epochs=2, batch_size=16, eval_batch_size=16,
+    cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
                net_form=form, driver=driver)
     on, off = T.prepare(cfg.replace(stem_patches="on"), ds), T.prepare(cfg, ds)
     assert (on.trainer.model.stem_patches, off.trainer.model.stem_patches) == (True, False)
@@ -214,7 +214,7 @@ def test_stem_patches_train_like_images(form, driver):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
     if form == "vmap":
         scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0]], np.float32)
-        many = [T.train_trials(p, scheds, [3, 4], epochs=1, one_program=True) for p in (off, on)]
+        many = [T.train_trials(p, scheds, [3, 4], one_program=True) for p in (off, on)]
         for k in ("train_loss", "val_loss", "label_precision"):
             np.testing.assert_allclose(many[1][k], many[0][k], rtol=1e-4, atol=1e-6, err_msg=k)
     with pytest.raises(ConfigError, match=r"stem_patches: .*'yes'.*off, on"):
