@@ -29,6 +29,10 @@ PRECISIONS = ("float32", "bfloat16")
 INPUT_NORMS = ("standardize", "unit")
 CONV_IMPLS = ("auto", "xla", "patches", "slices", "blockdiag")
 POOL_S2D = ("auto", "on", "off")
+# TrainConfig fields that say how a training runs, not what it computes (equal results to float
+# rounding): a search or ASNG run resumes across them (search_run._identity, asng._identity)
+EXECUTION_FIELDS = ("out", "progress", "net_form", "driver", "conv_impl", "pool_s2d", "stem_patches", "eval_batch_size",
+                    "memory_budget_mib")
 STEM_PATCHES = ("off", "on")
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from s2e_jax import parallel, runs, schedules, search
 from s2e_jax import train as train_lib
-from s2e_jax.config import ConfigError, TrainConfig, _check_choice, _check_int
+from s2e_jax.config import EXECUTION_FIELDS, ConfigError, TrainConfig, _check_choice, _check_int
 
 OBJECTIVES = ("error", "loss")
 TRIALS = ("auto", "one_program", "sequential")
@@ -74,7 +74,7 @@ class SearchConfig:
 def _identity(cfg: SearchConfig) -> dict:
     """What must match to resume into a directory (the data, the noise, the training, the seed)."""
     t = cfg.train.to_dict()
-    for k in ("out", "progress", "net_form", "driver", "conv_impl", "pool_s2d", "eval_batch_size", "memory_budget_mib"):
+    for k in EXECUTION_FIELDS:
         t.pop(k, None)
     for k, default in (("precision", "float32"), ("input_norm", "standardize")):
         if t.get(k) == default:  # the default: directories made before the field match

@@ -147,6 +147,17 @@ def test_identity_leaves_out_default_fields_added_later(tmp_path):
     assert search_run._identity(c)["train"]["input_norm"] == "unit"
 
 
+def test_identity_leaves_out_how_trainings_run(tmp_path):
+    """How a training runs (forms, drivers, convolutions, Model 1's stored stem patches, ...) is not
+    what it computes: a search resumes across them; the data's noise is part of it."""
+    c = _cfg(tmp_path)
+    ident = search_run._identity(c)
+    c.train = c.train.replace(stem_patches="on", conv_impl="slices", pool_s2d="off", driver="loop", eval_batch_size=7)
+    assert search_run._identity(c) == ident
+    c.train = c.train.replace(noise_rate=0.3)
+    assert search_run._identity(c) != ident
+
+
 def test_best_schedule_is_reused_by_train(tmp_path, small_digits):
     from s2e_jax.train import train
 
