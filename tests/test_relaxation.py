@@ -9,7 +9,7 @@ from scipy import special, stats
 
 from s2e_jax import relaxation
 from s2e_jax.config import ConfigError
-from s2e_jax.schedules import Space, get_space
+from s2e_jax.schedules import get_space
 
 S2E = get_space("s2e")               # S = 4, B = 16, θ has 36 entries
 BOX = get_space("coteaching")        # S = 0, B = 3

@@ -6,10 +6,9 @@ import optax
 import pytest
 
 from s2e_jax import data as data_lib
-from s2e_jax import schedules, selection
+from s2e_jax import selection
 from s2e_jax import train as T
 from s2e_jax.config import ConfigError, TrainConfig
-from s2e_jax.models import get_model
 
 
 @pytest.fixture(scope="module")
