@@ -65,7 +65,8 @@ def time_training(model: str, epochs: int, run_epochs: int, batch_size: int, ds,
     ``max_seconds`` have passed, at least 2); one table row."""
     cfg = TrainConfig(dataset=ds.name, model=model, noise="symmetric", noise_rate=0.2, epochs=epochs,
                       batch_size=batch_size, decay_start=min(80, epochs - 1), seed=seed,
-                      precision=precision, conv_impl=conv_impl, stem_patches=stem_patches, progress=False)
+                      precision=precision, conv_impl=conv_impl, progress=False,
+                      stem_patches=stem_patches if model == "model1" else "off")  # Model 1's option only
     start = time.perf_counter()
     prep = train_lib.prepare(cfg, ds)
     carry = train_lib.init_carry(prep, seed)

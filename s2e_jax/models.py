@@ -35,6 +35,7 @@ Choices taken from the released code of the papers Table 4 cites (documented whe
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping, Sequence
 
@@ -200,7 +201,16 @@ class ConvPool(nn.Module):
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size
-        ci = x.shape[-1] // (4 * (k // 2 + 1) ** 2) if self.from_patches else x.shape[-1]
+        ci = x.shape[-1]
+        if self.from_patches:
+            taps = 4 * (k // 2 + 1) ** 2  # patch features per input channel
+            if ci % taps or ci == 0:
+                from s2e_jax.config import ConfigError
+
+                raise ConfigError(f"stem_patches: the network takes its first layer's patches "
+                                  f"(models.model_input), {taps} features per channel; got an input of "
+                                  f"{x.shape[-1]} channels, shape {tuple(x.shape)} (images?)")
+            ci //= taps
         init = _torch_uniform(k * k * ci)
         kernel = self.param("kernel", init, (k, k, ci, self.features))
         bias = self.param("bias", init, (self.features,))
@@ -409,24 +419,36 @@ def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jn
     return jnp.split(y, splits, axis=-1)
 
 
-MODEL_INPUT_CHUNK = 4096  # images per step of model_input: bounds its temporaries (6.9x a 32x32 image)
+MODEL_INPUT_CHUNK = 4096  # images per step of model_input (its temporaries: one chunk's)
+
+
+@functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
+def _write_patches(out, x, start, k):
+    """``out[start: start + len(x)] = space_to_depth_patches(x, k, k)``, in place (``out`` donated)."""
+    return jax.lax.dynamic_update_slice_in_dim(out, space_to_depth_patches(x, k, k), start, 0)
 
 
 def model_input(model: nn.Module, x):
     """What ``model`` takes as input for images ``x`` [N, H, W, C] (any dtype; uint8 stays uint8):
     the images themselves, or, for Model 1 with ``stem_patches``, its first layer's space-to-depth
-    patches [N, ho, wo, 9*4*C] (:func:`s2e_jax.convs.space_to_depth_patches`). The trainer stores its
-    data so, once (``train.device_data``); per-channel normalization applies to either (a patch
-    feature's channel is its index mod C)."""
+    patches [N, ho, wo, 9*4*C] (:func:`s2e_jax.convs.space_to_depth_patches`, VALID as Model 1's
+    stem). The trainer stores its data so, once (``train.device_data``); per-channel normalization
+    applies to either (a patch feature's channel is its index mod C). Built in chunks of
+    ``MODEL_INPUT_CHUNK`` images written into the result in place: the device holds the images, the
+    patches and one chunk's temporaries."""
     if not getattr(model, "stem_patches", False):
         return x
     x = jnp.asarray(x)
     _check_spatial(x, 6, "model1")
-    k, chunk = model.stem_kernel, MODEL_INPUT_CHUNK
-    fn = jax.jit(lambda a: space_to_depth_patches(a, k, k))  # Model 1's stem is VALID
-    if x.shape[0] <= chunk:
-        return fn(x)
-    return jnp.concatenate([fn(x[i: i + chunk]) for i in range(0, x.shape[0], chunk)])
+    k, n, chunk = model.stem_kernel, x.shape[0], MODEL_INPUT_CHUNK
+    shape = jax.eval_shape(lambda a: space_to_depth_patches(a, k, k), jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
+    out = jnp.zeros((n,) + shape.shape[1:], x.dtype)
+    if n <= chunk:
+        return _write_patches(out, x, 0, k)
+    for start in range(0, n, chunk):
+        start = min(start, n - chunk)  # the last chunk overlaps the one before: one shape, one compile
+        out = _write_patches(out, x[start: start + chunk], start, k)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

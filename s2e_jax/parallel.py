@@ -283,7 +283,8 @@ def _plan(tr, mesh, progs, data, k, budget, x_shape, num_sched, verbose):
         if c == 1:
             raise ConfigError(
                 f"memory_budget_mib: one trial per device needs {fp / _MIB:.1f} MiB, over the budget of "
-                f"{budget / _MIB:.1f} MiB (raise the budget, use fewer/smaller trials or a smaller model)")
+                f"{budget / _MIB:.1f} MiB, the shared data {tree_bytes(data) / _MIB:.1f} MiB of it (raise the budget, "
+                f"use fewer/smaller trials or a smaller model{_stem_hint(tr)})")
         shared = tree_bytes(data)
         per_trial = max((fp - shared) / c, 1.0)
         fit = int((budget - shared) // per_trial)
@@ -294,6 +295,11 @@ def _plan(tr, mesh, progs, data, k, budget, x_shape, num_sched, verbose):
               f"per device, over the memory budget of {budget / _MIB:.0f} MiB; running them in {waves} waves of "
               f"{c * d} ({c} per device on {d} device(s))", file=sys.stderr, flush=True)
     return c, compiled, fp, compile_s
+
+
+def _stem_hint(tr) -> str:
+    """Part of an out-of-memory message: Model 1's stored stem patches are 6.9x its images."""
+    return ", or stem_patches off (its stored patches are 6.9x the images)" if getattr(tr.model, "stem_patches", False) else ""
 
 
 def _first_fp(progs, c, x_shape, num_sched):

@@ -715,8 +715,10 @@ def test_model1_on_stem_patches_is_the_same_network(monkeypatch):
     assert models.model_input(plain, img) is img
     p_u8 = models.model_input(tab, img)
     assert p_u8.dtype == jnp.uint8 and p_u8.shape == (5, 14, 14, 108)
-    monkeypatch.setattr(models, "MODEL_INPUT_CHUNK", 2)  # 3 chunks
+    monkeypatch.setattr(models, "MODEL_INPUT_CHUNK", 2)  # 3 chunks, the last overlapping: one compile
+    before = models._write_patches._cache_size()
     np.testing.assert_array_equal(np.asarray(models.model_input(tab, img)), np.asarray(p_u8))
+    assert models._write_patches._cache_size() == before + 1
     x, p = img.astype(jnp.float32) / 255.0, p_u8.astype(jnp.float32) / 255.0
     v = plain.init(jax.random.PRNGKey(0), x)
     jax.tree_util.tree_map(np.testing.assert_array_equal, tab.init(jax.random.PRNGKey(0), p), v)
@@ -732,3 +734,5 @@ def test_model1_on_stem_patches_is_the_same_network(monkeypatch):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
     with pytest.raises(ConfigError, match="stem_patches: only Model 1's first layer"):
         get_model("model2", 10, stem_patches=True)
+    with pytest.raises(ConfigError, match=r"stem_patches: .* 36 features per channel; got an input of 3 channels"):
+        tab.init(jax.random.PRNGKey(0), x)  # images where patches belong

@@ -125,8 +125,15 @@ def test_waves_give_the_same_results_as_one_wave(prep, capsys):
 
 
 def test_a_budget_too_small_for_one_trial_is_a_clear_error(prep):
-    with pytest.raises(ConfigError, match="memory_budget_mib"):
+    with pytest.raises(ConfigError, match=r"memory_budget_mib: one trial per device needs .*, the shared data "
+                                           r"[\d.]+ MiB of it \(raise the budget, .* smaller model\)"):
         parallel.run_trials(prep, SCHEDS[:1], SEEDS[:1], memory_budget_mib=0.01)
+    # Model 1 on stored stem patches (6.9x the images) is told how to shrink the shared data
+    from types import SimpleNamespace
+
+    from s2e_jax.models import get_model
+    assert "stem_patches off" in parallel._stem_hint(SimpleNamespace(model=get_model("model1", 10, stem_patches=True)))
+    assert parallel._stem_hint(SimpleNamespace(model=get_model("model1", 10))) == parallel._stem_hint(prep.trainer) == ""
     with pytest.raises(ConfigError, match="memory_budget_mib"):
         parallel.run_trials(prep, SCHEDS[:1], SEEDS[:1], memory_budget_mib=-1)
     with pytest.raises(ConfigError, match="memory_budget_mib"):
