@@ -17,10 +17,11 @@ step 40 python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__
 #    sequence); on a GPU bench_trials trains on 25,600 images (200 steps per epoch) so fixed costs weigh
 #    as in a real training. Model 1's default (slices + pool_s2d since the H100's run) with and without
 #    its first layer from stored patches (+stem, TrainConfig.stem_patches: the H100's profile had that
-#    layer's patch building at 37% of the 8 trials' step), on both sides; xla+s2d for reference; each
+#    layer's patch building at 37% of the 8 trials' step), on both sides; with the stem a matmul, the
+#    second layer alone decides between slices (auto), XLA's grouped convolutions and blockdiag; each
 #    cell's trainings/h is also printed to the log as it finishes
 step 200 python3 experiments/bench_trials.py --models model1 --ks 1,8 --epochs 2 --budget 40 \
-    --conv-impls auto,auto+stem,xla+s2d --sequential default,default+stem --out "$OUT/trials"
+    --conv-impls auto,auto+stem,xla+s2d+stem,blockdiag+stem --sequential default,default+stem --out "$OUT/trials"
 # 2. where the GPU's time goes with the stem from stored patches, one training against 8 trials in one
 #    program (experiments/gpu_h100/followup/profile_model1_k8.txt is the same without)
 step 75 python3 experiments/profile_trials.py --model model1 --k 8 --n-train 25600 --top 20 --stem-patches on \
