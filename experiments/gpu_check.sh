@@ -23,7 +23,8 @@ step 40 python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__
 step 200 python3 experiments/bench_trials.py --models model1 --ks 1,8 --epochs 2 --budget 40 \
     --conv-impls auto,auto+stem,xla+s2d+stem,blockdiag+stem --sequential default,default+stem --out "$OUT/trials"
 # 2. where the GPU's time goes with the stem from stored patches, one training against 8 trials in one
-#    program (experiments/gpu_h100/followup/profile_model1_k8.txt is the same without)
+#    program (experiments/gpu_h100/followup/profile_model1_k8.txt is the same without), each costly
+#    kernel named with what it computes (fused ops, source lines; from the optimized HLO)
 step 75 python3 experiments/profile_trials.py --model model1 --k 8 --n-train 25600 --top 20 --stem-patches on \
     --out "$OUT/profile.txt"
 # 3. the full 200-epoch Model 1 training (< 60 s on an H100; 32.4 s there) with the stem from stored

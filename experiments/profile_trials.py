@@ -7,7 +7,9 @@ read back with ``jax.profiler.ProfileData``; no TensorBoard needed).
 Prints, for each of the two programs: the traced wall time, the summed kernel time on the device's
 busiest line (GPU: the stream of kernels; busy = kernel time / wall: well under 1 means launch- or
 host-bound, near 1 compute- or memory-bound), the kernel time by kind (matmul, convolution, sort /
-top-k, reduction / other fusions, copies) and the costliest kernels. On a CPU the host's XLA threads
+top-k, reduction / other fusions, copies) and the costliest kernels, each with what it computes where
+the optimized HLO names it (output, fused ops, the source lines they come from: :func:`hlo_fusions`;
+the scan driver's programs). On a CPU the host's XLA threads
 stand in for the device (a smoke test, not a measurement). ``--out`` writes the printout to a file.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import collections
 import glob
 import os
+import re
 import sys
 import tempfile
 import time
@@ -73,7 +76,86 @@ def traced(fn):
     return wall, lines
 
 
-def report(title, wall, lines, top):
+def _sections(text):
+    """The source tables of an HLO module's text: {frame id: (file, line, parent frame id)}."""
+    tables, name = collections.defaultdict(dict), None
+    for ln in text.splitlines():
+        if ln in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+            name = ln
+        elif not ln.strip():
+            name = None
+        elif name:
+            i, _, rest = ln.partition(" ")
+            tables[name][int(i)] = rest
+    files = {i: v.strip('"') for i, v in tables["FileNames"].items()}
+    locs = {}
+    for i, v in tables["FileLocations"].items():
+        m = re.search(r"file_name_id=(\d+) .*?line=(\d+)", v)
+        if m:
+            locs[i] = (files.get(int(m.group(1)), "?"), int(m.group(2)))
+    frames = {}
+    for i, v in tables["StackFrames"].items():
+        m = re.search(r"file_location_id=(\d+) parent_frame_id=(\d+)", v)
+        if m and int(m.group(1)) in locs:
+            frames[i] = locs[int(m.group(1))] + (int(m.group(2)),)
+    return frames
+
+
+def _source(frames, fid):
+    """``file:line`` of a stack frame: the innermost frame in this project's code (s2e_jax/, experiments/),
+    else the innermost one."""
+    seen, first = set(), None
+    while fid in frames and fid not in seen:
+        seen.add(fid)
+        path, line, parent = frames[fid]
+        where = f"{os.path.basename(path)}:{line}"
+        first = first or where
+        if "s2e_jax" in path or "experiments" in path:
+            return where
+        fid = parent
+    return first
+
+
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(\([^=]*?\)|\S+)\s+([\w\-]+)\((.*)$")
+
+
+def hlo_fusions(text):
+    """{fusion name: what it computes} from an optimized HLO module's text (``compiled.as_text()``):
+    its output type, the ops fused into it (by count) and the source lines they come from (the
+    kernel names of a GPU profile are these fusions' names)."""
+    frames = _sections(text)
+    comps, cur = {}, None
+    fusions = {}
+    for ln in text.splitlines():
+        m = re.match(r"^%?([\w.\-]+) \(.*\{\s*$", ln)
+        if m and not ln.startswith(" "):
+            cur = comps.setdefault(m.group(1), [])
+            continue
+        if ln.startswith("}"):
+            cur = None
+            continue
+        mi = _INSTR.match(ln)
+        if not mi:
+            continue
+        name, typ, op, rest = mi.groups()
+        sf = re.search(r"stack_frame_id=(\d+)", rest)
+        if cur is not None:
+            cur.append((op, int(sf.group(1)) if sf else None))
+        if op == "fusion":
+            calls = re.search(r"calls=%?([\w.\-]+)", rest)
+            fusions[name] = (typ.split("{")[0], calls.group(1) if calls else None)
+    out = {}
+    for name, (typ, calls) in fusions.items():
+        body = comps.get(calls, [])
+        ops = collections.Counter(op for op, _ in body if op not in ("parameter", "constant", "bitcast", "broadcast"))
+        srcs = collections.Counter(_source(frames, f) for _, f in body if f is not None)
+        srcs.pop(None, None)
+        out[name] = (f"{typ} = " + ", ".join(f"{op} x{n}" for op, n in ops.most_common(6))
+                     + ("; from " + ", ".join(f"{w} ({n})" for w, n in srcs.most_common(4)) if srcs else ""))
+    return out
+
+
+def report(title, wall, lines, top, fusions=None):
     out = [f"## {title}: wall {wall * 1e3:.1f} ms"]
     for name, ev in sorted(lines.items(), key=lambda kv: -sum(d for _, d in kv[1])):
         out.append(f"  line {name}: {len(ev)} events, {sum(d for _, d in ev) / 1e6:.1f} ms")
@@ -93,6 +175,10 @@ def report(title, wall, lines, top):
     out.append(f"  costliest {top} kernels (total ms, calls, mean us):")
     for n, d in by_name.most_common(top):
         out.append(f"    {d / 1e6:8.2f}  {count[n]:6d}  {d / count[n] / 1e3:8.1f}  {n[:110]}")
+    known = [n for n, _ in by_name.most_common(top) if n in (fusions or {})]
+    if known:
+        out.append("  what they compute (XLA's optimized HLO: output, fused ops, source lines):")
+        out.extend(f"    {n}: {fusions[n][:400]}" for n in known)
     return "\n".join(out)
 
 
@@ -137,13 +223,27 @@ def main(argv=None):
     def program():
         return parallel.run_trials(prep, scheds, seeds, epochs=1)[0]
 
+    def one_hlo():  # the scan driver's epoch program (the loop driver's steps are not looked into)
+        if prep.trainer.driver != "scan":
+            return ""
+        return prep.trainer.epoch_fn.lower(carry, prep.data).compile().as_text()
+
+    def program_hlo():  # parallel.run_trials' compiled epoch programs of this trainer
+        return "\n".join(c.as_text() for d in one_tr.__dict__.get("_sharded", {}).values()
+                         for c in d["compiled"].values())
+
     parts = [head]
-    for title, fn in (("one training, one epoch", one_epoch), (f"{args.k} trainings in one program, one epoch "
-                                                                "(with their init)", program)):
+    for title, fn, hlo in (("one training, one epoch", one_epoch, one_hlo),
+                           (f"{args.k} trainings in one program, one epoch (with their init)", program, program_hlo)):
         jax.block_until_ready(fn())  # compile
         jax.block_until_ready(fn())
         wall, lines = traced(fn)
-        text = report(title, wall, lines, args.top)
+        try:
+            fusions = hlo_fusions(hlo())
+        except Exception as err:  # the description is a help, never the reason a profile is lost
+            print(f"(no HLO description: {type(err).__name__}: {err})", flush=True)
+            fusions = None
+        text = report(title, wall, lines, args.top, fusions)
         print(text, flush=True)
         parts.append(text)
     if args.out:

@@ -235,3 +235,24 @@ def test_bench_trials_tokens_name_the_stem_from_stored_patches():
     assert B.parse_execution("vmap/scan", "model1") == ("vmap", "scan", False)
     with pytest.raises(ValueError):
         B.parse_execution("vmap/fast+stem", "model1")
+
+
+def test_profile_trials_says_what_a_fusion_computes_and_where_from():
+    """profile_trials.py: a kernel (an XLA fusion) is described from the optimized HLO: its output,
+    the ops fused into it and the source lines they come from."""
+    import inspect
+
+    import jax
+    import jax.numpy as jnp
+    import profile_trials as P
+
+    def f(x, idx):
+        xb = x[idx].astype(jnp.float32) / 255.0
+        return jnp.concatenate([xb[:, i: i + 4] for i in range(3)], -1).sum()
+
+    text = jax.jit(f).lower(jnp.zeros((10, 6, 5), jnp.uint8), jnp.arange(4)).compile().as_text()
+    fusions = P.hlo_fusions(text)
+    assert fusions, text
+    desc = " | ".join(fusions.values())
+    line = inspect.getsourcelines(f)[1] + 1  # the gather's line
+    assert "gather x1" in desc and "f32[]" in desc and f"test_experiments.py:{line} (" in desc, desc
