@@ -77,6 +77,7 @@ import math
 import os
 import platform
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -528,8 +529,18 @@ def main(argv=None):
     load_before = os.getloadavg()
     t_start = time.perf_counter()
     rows = []
-    for model in args.models:
-        bench_model(model, args, rows)
+
+    def stop(signum, frame):  # a time limit (timeout sends SIGTERM): keep the cells measured so far
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    interrupted = False
+    try:
+        for model in args.models:
+            bench_model(model, args, rows)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: writing the cells measured so far", flush=True)
     total = time.perf_counter() - t_start
     load_after = os.getloadavg()
     dev = jax.devices()[0]
@@ -557,9 +568,12 @@ def main(argv=None):
     if load_before[0] > (os.cpu_count() or 1) * 0.5:
         notes.append(f"- WARNING: the machine was busy (load average {load_before[0]:.1f} on {os.cpu_count()} "
                      "cores): absolute numbers are noisy; compare rows of the same K (measured back to back).")
+    if interrupted:
+        notes.append("- INTERRUPTED (a time limit): only the cells measured before it; ratio and max_dacc are "
+                     "filled in once a model's cells are all measured, so its rows may lack them.")
     print()
     print(header)
-    print(render(rows))
+    print(render(rows) if rows else "(no cell measured)")
     print("\n".join(notes))
     if args.out:
         from bench_train import write_tables

@@ -77,7 +77,7 @@ def traced(fn):
 
 
 def _sections(text):
-    """The source tables of an HLO module's text: {frame id: (file, line, parent frame id)}."""
+    """The source tables of an HLO module's text: {stack frame id: (file, line)}."""
     tables, name = collections.defaultdict(dict), None
     for ln in text.splitlines():
         if ln in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
@@ -95,38 +95,39 @@ def _sections(text):
             locs[i] = (files.get(int(m.group(1)), "?"), int(m.group(2)))
     frames = {}
     for i, v in tables["StackFrames"].items():
-        m = re.search(r"file_location_id=(\d+) parent_frame_id=(\d+)", v)
+        m = re.search(r"file_location_id=(\d+)", v)
         if m and int(m.group(1)) in locs:
-            frames[i] = locs[int(m.group(1))] + (int(m.group(2)),)
+            frames[i] = locs[int(m.group(1))]
     return frames
 
 
 def _source(frames, fid):
-    """``file:line`` of a stack frame: the innermost frame in this project's code (s2e_jax/, experiments/),
-    else the innermost one."""
-    seen, first = set(), None
-    while fid in frames and fid not in seen:
-        seen.add(fid)
-        path, line, parent = frames[fid]
-        where = f"{os.path.basename(path)}:{line}"
-        first = first or where
-        if "s2e_jax" in path or "experiments" in path:
-            return where
-        fid = parent
-    return first
+    """``file:line`` of a stack frame (JAX records the innermost frame outside its own code; flax's and
+    optax's are left out too, so this is the line of this project that made the op)."""
+    if fid not in frames:
+        return None
+    path, line = frames[fid]
+    return f"{os.path.basename(path)}:{line}"
 
 
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(\([^=]*?\)|\S+)\s+([\w\-]+)\((.*)$")
 
 
+def kernel_key(name: str) -> str:
+    """A kernel's name as a GPU profile writes an HLO instruction's (``gemm_fusion_dot.27`` ->
+    ``gemm_fusion_dot_27``)."""
+    return re.sub(r"[^\w]", "_", name)
+
+
 def hlo_fusions(text):
-    """{fusion name: what it computes} from an optimized HLO module's text (``compiled.as_text()``):
-    its output type, the ops fused into it (by count) and the source lines they come from (the
-    kernel names of a GPU profile are these fusions' names)."""
+    """{kernel name (:func:`kernel_key` of the fusion's name): what it computes} from ONE optimized HLO
+    module's text (``compiled.as_text()``): its output type, the ops fused into it (by count) and the
+    source lines they come from (the kernels of a GPU profile are these fusions)."""
     frames = _sections(text)
     comps, cur = {}, None
     fusions = {}
     for ln in text.splitlines():
+        ln = re.sub(r"/\*.*?\*/", "", ln)  # e.g. /*index=5*/ inside a tuple type of 6+ elements
         m = re.match(r"^%?([\w.\-]+) \(.*\{\s*$", ln)
         if m and not ln.startswith(" "):
             cur = comps.setdefault(m.group(1), [])
@@ -143,14 +144,14 @@ def hlo_fusions(text):
             cur.append((op, int(sf.group(1)) if sf else None))
         if op == "fusion":
             calls = re.search(r"calls=%?([\w.\-]+)", rest)
-            fusions[name] = (typ.split("{")[0], calls.group(1) if calls else None)
+            fusions[name] = (re.sub(r"\{[^}]*\}", "", typ), calls.group(1) if calls else None)
     out = {}
     for name, (typ, calls) in fusions.items():
         body = comps.get(calls, [])
         ops = collections.Counter(op for op, _ in body if op not in ("parameter", "constant", "bitcast", "broadcast"))
         srcs = collections.Counter(_source(frames, f) for _, f in body if f is not None)
         srcs.pop(None, None)
-        out[name] = (f"{typ} = " + ", ".join(f"{op} x{n}" for op, n in ops.most_common(6))
+        out[kernel_key(name)] = (f"{typ} = " + ", ".join(f"{op} x{n}" for op, n in ops.most_common(6))
                      + ("; from " + ", ".join(f"{w} ({n})" for w, n in srcs.most_common(4)) if srcs else ""))
     return out
 
@@ -175,10 +176,10 @@ def report(title, wall, lines, top, fusions=None):
     out.append(f"  costliest {top} kernels (total ms, calls, mean us):")
     for n, d in by_name.most_common(top):
         out.append(f"    {d / 1e6:8.2f}  {count[n]:6d}  {d / count[n] / 1e3:8.1f}  {n[:110]}")
-    known = [n for n, _ in by_name.most_common(top) if n in (fusions or {})]
+    known = [n for n, _ in by_name.most_common(top) if kernel_key(n) in (fusions or {})]
     if known:
         out.append("  what they compute (XLA's optimized HLO: output, fused ops, source lines):")
-        out.extend(f"    {n}: {fusions[n][:400]}" for n in known)
+        out.extend(f"    {n}: {fusions[kernel_key(n)][:400]}" for n in known)
     return "\n".join(out)
 
 
@@ -225,12 +226,11 @@ def main(argv=None):
 
     def one_hlo():  # the scan driver's epoch program (the loop driver's steps are not looked into)
         if prep.trainer.driver != "scan":
-            return ""
-        return prep.trainer.epoch_fn.lower(carry, prep.data).compile().as_text()
+            return []
+        return [prep.trainer.epoch_fn.lower(carry, prep.data).compile().as_text()]  # a cache hit
 
-    def program_hlo():  # parallel.run_trials' compiled epoch programs of this trainer
-        return "\n".join(c.as_text() for d in one_tr.__dict__.get("_sharded", {}).values()
-                         for c in d["compiled"].values())
+    def program_hlo():  # parallel.run_trials' compiled epoch programs of this trainer, one per wave size
+        return [c.as_text() for d in one_tr.__dict__.get("_sharded", {}).values() for c in d["compiled"].values()]
 
     parts = [head]
     for title, fn, hlo in (("one training, one epoch", one_epoch, one_hlo),
@@ -238,8 +238,10 @@ def main(argv=None):
         jax.block_until_ready(fn())  # compile
         jax.block_until_ready(fn())
         wall, lines = traced(fn)
-        try:
-            fusions = hlo_fusions(hlo())
+        try:  # each module parsed alone (their ids and names overlap); the first module's wins
+            fusions = {}
+            for module in reversed(hlo()):
+                fusions.update(hlo_fusions(module))
         except Exception as err:  # the description is a help, never the reason a profile is lost
             print(f"(no HLO description: {type(err).__name__}: {err})", flush=True)
             fusions = None

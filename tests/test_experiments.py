@@ -256,3 +256,24 @@ def test_profile_trials_says_what_a_fusion_computes_and_where_from():
     desc = " | ".join(fusions.values())
     line = inspect.getsourcelines(f)[1] + 1  # the gather's line
     assert "gather x1" in desc and "f32[]" in desc and f"test_experiments.py:{line} (" in desc, desc
+    # as a GPU's HLO prints them: numbered names (the profile's kernel is gemm_fusion_dot_27), a tuple
+    # output of 6+ elements with /*index=5*/ in its type
+    gpu = """%fused_add (p: f32[8]) -> (f32[8], f32[8]) {
+  %p = f32[8]{0} parameter(0)
+  ROOT %add.1 = f32[8]{0} add(%p, %p)
+}
+
+%gemm_fusion_dot.27_computation (p: f32[8,4], q: f32[4,2]) -> f32[8,2] {
+  %p = f32[8,4]{1,0} parameter(0)
+  %q = f32[4,2]{1,0} parameter(1)
+  ROOT %dot.3 = f32[8,2]{1,0} dot(%p, %q), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %gemm_fusion_dot.27 = f32[8,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%gemm_fusion_dot.27_computation
+  %loop_add_fusion.5 = (f32[8]{0}, f32[8]{0}, f32[8]{0}, f32[8]{0}, f32[8]{0}, /*index=5*/f32[8]{0}) fusion(%a), kind=kLoop, calls=%fused_add
+}
+"""
+    got = P.hlo_fusions(gpu)
+    assert got["gemm_fusion_dot_27"] == "f32[8,2] = dot x1", got
+    assert got["loop_add_fusion_5"].startswith("(f32[8], f32[8], f32[8], f32[8], f32[8], f32[8]) = add x1"), got
