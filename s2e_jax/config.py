@@ -183,16 +183,22 @@ def _from_dict(cls, d: dict):
     return cls(**d).validate()
 
 
-def save_json(obj: Any, path: str):
-    """Write JSON atomically (temp file + rename)."""
+def write_atomically(path: str, text: str):
+    """Write ``text`` to ``path`` atomically (temp file, fsync, rename); a failed write leaves the old
+    file as it was and no temp file behind."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # e.g. an object json cannot write: no half-written temp file left behind
+    except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_json(obj: Any, path: str):
+    """Write JSON atomically (:func:`write_atomically`); an object json cannot write changes nothing."""
+    write_atomically(path, json.dumps(obj, indent=2, sort_keys=True))

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from s2e_jax.config import ConfigError, save_json
+from s2e_jax.config import ConfigError, save_json, write_atomically
 
 
 def is_writer() -> bool:
@@ -21,20 +21,9 @@ def is_writer() -> bool:
 
 
 def atomic_write_text(path: str, text: str):
-    """Write ``text`` to ``path`` atomically (temp file, fsync, rename); process 0 only."""
-    if not is_writer():
-        return
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):  # nothing half-written left beside the user's files
-            os.remove(tmp)
-        raise
+    """Write ``text`` to ``path`` atomically (:func:`s2e_jax.config.write_atomically`); process 0 only."""
+    if is_writer():
+        write_atomically(path, text)
 
 
 def append_line(path: str, line: str):
