@@ -343,29 +343,41 @@ def _identity(cfg: AsngConfig) -> dict:
 
 def _open_out(cfg: AsngConfig):
     """The run directory: a new or empty one, or this very run's (finished: its result is returned;
-    unfinished: its own files are removed and it starts over). Anything else is refused. Every process
-    checks it, so all agree, before process 0 alone changes it (``--distributed``)."""
+    unfinished: its own files are removed and it starts over). Anything else is refused, and so is a
+    damaged config or result file (named). Every process checks it, so all agree, before process 0
+    alone changes it (``--distributed``). The caller has claimed the directory (:func:`run`)."""
     out = cfg.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"out: {out} exists and is not a directory; nothing was overwritten")
-    names = set(os.listdir(out)) if os.path.isdir(out) else set()
+    names = set(runs.contents(out)) if os.path.isdir(out) else set()
     root = runs.RunDir(out)
     if names:
         ident = _identity(cfg)
         try:
-            same = (root.exists("asng_config.json")
-                    and runs.identity_files_by_content(root.read_json("asng_config.json").get("identity")) == ident)
-        except (OSError, ValueError):
+            same = (root.exists("asng_config.json") and runs.identity_files_by_content(
+                root.read_json("asng_config.json", kind=dict).get("identity")) == ident)
+        except runs.DamagedFile as err:
+            if names != {"asng_config.json"}:
+                raise ConfigError(f"out: {err.path} is damaged ({err.why}) and it names the ASNG run this "
+                                  "directory holds; move the directory aside or choose another --out "
+                                  "(nothing was changed)") from None
+            same = False
+        except OSError:
             same = False
         if not same and names != {"asng_config.json"}:  # only a config: a run that stopped before training
             raise ConfigError(f"out: {out} exists, is not empty and does not hold this ASNG run; "
                               "choose another --out (nothing was overwritten)")
         if root.exists("result.json"):
-            return root, root.read_json("result.json")
+            try:
+                return root, root.read_json("result.json", kind=dict)
+            except runs.DamagedFile as err:
+                raise ConfigError(f"out: {err.path} is damaged ({err.why}); delete it to run this ASNG search "
+                                  "again (its other files are then replaced) or choose another --out "
+                                  "(nothing was changed)") from None
         retrain = os.path.join(out, "retrain")
         own_retrain = set(os.listdir(retrain)) if os.path.isdir(retrain) else set()
         foreign = sorted((names - set(_OWN_FILES) - {"retrain"})
-                         | {"retrain/" + n for n in own_retrain - set(_RETRAIN_FILES)})
+                         | {"retrain/" + n for n in own_retrain - set(_RETRAIN_FILES) - {runs.LOCK_NAME}})
         if foreign:
             raise ConfigError(f"out: {out} holds an unfinished ASNG run and other files "
                               f"({', '.join(foreign)}); choose another --out (nothing was overwritten)")
@@ -379,7 +391,7 @@ def _open_out(cfg: AsngConfig):
             for n in own_retrain:
                 os.remove(os.path.join(retrain, n))
             os.rmdir(retrain)
-    return runs.RunDir.open(out), None
+    return runs.RunDir.open(out, claim=False), None
 
 
 def _plot_schedule(path, curve, used, epochs, noise_rate):
@@ -410,6 +422,15 @@ def run(cfg: AsngConfig, dataset=None) -> dict:
     else the shared networks').
     """
     cfg.validate()
+    claim = runs.RunDir.open(cfg.out) if cfg.out else None   # for the whole run: one process at a time
+    try:
+        return _run(cfg, dataset)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _run(cfg: AsngConfig, dataset) -> dict:
     space = schedules.get_space(cfg.space)
     T = cfg.train.epochs
     root = None

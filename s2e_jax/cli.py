@@ -59,6 +59,18 @@ def _add_train_args(p: argparse.ArgumentParser):
     p.add_argument("--num-processes", type=int, default=None, help="with --coordinator: processes in all")
     p.add_argument("--process-id", type=int, default=None, help="with --coordinator: this process' index")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--checkpoint-every", type=_int_or_auto, default="auto",
+                   help="epochs between checkpoints of the training state in the run directory (auto: whenever "
+                        "saving costs <= 2%% of the training time; 0: none); the same command on the same --out "
+                        "after a kill resumes from the newest one")
+
+
+def _float_or_auto(text: str):
+    """A number, or the text as given ("auto"; anything else is left to the config's message)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _int_or_auto(text: str):
@@ -81,7 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="one training (Algorithm 1)")
     _add_train_args(t)
     t.add_argument("--method", default="coteaching", help=" | ".join(METHODS))
-    t.add_argument("--tau", type=float, default=None, help="eq. (1) tau (default: the noise rate; required with --noise none or --label-file)")
+    t.add_argument("--tau", type=_float_or_auto, default=None,
+                   help="eq. (1) tau, or auto: estimated from the noisy data (docs/noise_rate.md) (default: the "
+                        "noise rate; auto with --noise none or --label-file)")
+    t.add_argument("--tau-warmup-epochs", type=_int_or_auto, default="auto",
+                   help="--tau auto: epochs of the standard network that estimates the noise rate (auto: by the "
+                        "steps per epoch)")
+    t.add_argument("--tau-estimator", default="anchor", help="--tau auto: anchor | gmm_loss")
     t.add_argument("--t-k", type=float, default=10.0, help="eq. (1) t_k")
     t.add_argument("--c", type=float, default=1.0, help="eq. (1) c")
     t.add_argument("--schedule", default=None, help="best_schedule.json from a search")
@@ -93,7 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fcorr-warmup-epochs", type=int, default=None,
                    help="fcorrection: epochs of the standard network that estimates T (default: --epochs)")
     t.add_argument("--fcorr-estimator", default="percentile97", help="fcorrection: percentile97 | argmax")
-    t.add_argument("--out", default=None, help="run directory (must not exist or be empty)")
+    t.add_argument("--out", default=None, help="run directory (must not exist or be empty, or hold an unfinished "
+                                                "training of the same config: it resumes)")
+    t.add_argument("--report-issues", type=int, default=0, metavar="K",
+                   help="print the K most suspect training labels (all of them are in label_issues.csv)")
+    pr = sub.add_parser("predict", help="predictions of a trained run's networks on images")
+    pr.add_argument("--run", required=True, help="run directory written by train")
+    pr.add_argument("--data", required=True, help="an .npz with x_train, y_train, x_test, y_test, or a data set name "
+                                                   "(digits, mnist, ...), as train reads it")
+    pr.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
+    pr.add_argument("--split", default="test", help="train | val | test (the halves train uses) | all_test")
+    pr.add_argument("--net", type=int, default=None, help="one network (0-based) instead of their mean")
+    pr.add_argument("--out", required=True, help="CSV to write: index, prediction, one probability per class")
     _add_search_parser(sub)
     from s2e_jax import asng
 
@@ -107,6 +136,17 @@ def _add_search_parser(sub):
     except ImportError:  # the search is optional until its module lands
         return
     search_run.add_parser(sub, _add_train_args)
+
+
+def _predict(args):
+    from s2e_jax import data as data_lib
+    from s2e_jax import inference
+
+    model = inference.load(args.run)
+    x, _ = inference.split_images(data_lib.load_dataset(args.data, data_dir=args.data_dir), args.split)
+    proba = model.predict_proba(x, net=args.net)
+    inference.write_predictions(args.out, proba)
+    print(f"{len(proba)} predictions of {args.split} written to {args.out}", file=sys.stderr)
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -125,10 +165,19 @@ def main(argv: Optional[list] = None) -> int:
         if args.command == "train":
             from s2e_jax.train import train
 
+            if args.report_issues < 0:
+                raise ConfigError(f"report_issues: must be >= 0, got {args.report_issues}")
             result = train(_config_from(args))
             print(json.dumps(result.summary, indent=2))
+            if args.report_issues:
+                from s2e_jax import label_issues
+
+                print(f"the {args.report_issues} most suspect training labels:")
+                print(label_issues.format_top(result.label_issues, args.report_issues))
             if result.run_dir:
                 print(f"run directory: {result.run_dir}", file=sys.stderr)
+        elif args.command == "predict":
+            _predict(args)
         elif args.command == "asng":
             from s2e_jax import asng
 

@@ -22,6 +22,7 @@ IMPLEMENTED_METHODS = METHODS
 # Co-teaching+'s epochs of plain Co-teaching first (Yu et al. 2019's released code: init_epoch)
 INIT_EPOCHS = {"mnist": 0, "digits": 0, "cifar10": 20, "cifar100": 5}
 FCORR_ESTIMATORS = ("percentile97", "argmax")
+TAU_ESTIMATORS = ("anchor", "gmm_loss")  # tau="auto": s2e_jax/noise_rate.py
 MODELS = ("auto", "mlp", "model1", "model2", "model3")
 NET_FORMS = ("auto", "vmap", "unroll", "fused")
 DRIVERS = ("auto", "scan", "loop")
@@ -31,7 +32,7 @@ CONV_IMPLS = ("auto", "xla", "patches", "slices", "blockdiag")
 POOL_S2D = ("auto", "on", "off")
 # TrainConfig fields that say how a training runs, not what it computes (equal results to float
 # rounding): a search or ASNG run resumes across them (search_run._identity, asng._identity)
-EXECUTION_FIELDS = ("out", "progress", "net_form", "driver", "conv_impl", "pool_s2d", "stem_patches", "eval_batch_size",
+EXECUTION_FIELDS = ("out", "progress", "checkpoint_every", "net_form", "driver", "conv_impl", "pool_s2d", "stem_patches", "eval_batch_size",
                     "memory_budget_mib")
 STEM_PATCHES = ("off", "on")
 
@@ -75,7 +76,11 @@ class TrainConfig:
     # method and schedule
     method: str = "coteaching"
     model: str = "auto"                # auto picks Table 4's model for the data set
-    tau: Optional[float] = None        # eq. (1); None -> the noise rate (none with noise none / label_file)
+    tau: Any = None                    # eq. (1); None -> the noise rate ("auto" with noise none / label_file);
+                                       # "auto": estimated from the data (s2e_jax/noise_rate.py)
+    tau_warmup_epochs: Any = "auto"    # tau "auto": epochs of the standard network that estimates the noise rate;
+                                       # auto: by the steps per epoch (s2e_jax/noise_rate.py)
+    tau_estimator: str = "anchor"      # tau "auto": anchor (Patrini et al. 2017) | gmm_loss (DivideMix)
     t_k: float = 10.0                  # eq. (1)
     c: float = 1.0                     # eq. (1)
     schedule: Optional[str] = None     # best_schedule.json from a search; replaces eq. (1)
@@ -106,6 +111,7 @@ class TrainConfig:
     memory_budget_mib: Optional[float] = None  # per-device budget of K trials in one program; None: auto
     out: Optional[str] = None          # run directory; None writes nothing
     progress: bool = True
+    checkpoint_every: Any = "auto"     # epochs between checkpoints of a run directory; auto: <= 2% of the time; 0: none
 
     def validate(self) -> "TrainConfig":
         """Raise :class:`ConfigError` naming the first bad field; return self."""
@@ -120,8 +126,13 @@ class TrainConfig:
             _fail("method", f"{self.method!r} is not available in this version "
                   f"(available: {', '.join(IMPLEMENTED_METHODS)})")
         _check_choice("model", self.model, MODELS)
-        if self.tau is not None:
+        if self.tau is not None and self.tau != "auto":
+            if isinstance(self.tau, str):
+                _fail("tau", f"must be a number in [0, 1) or \"auto\", got {self.tau!r}")
             _check_float("tau", self.tau, 0.0, 1.0, hi_open=True)
+        if self.tau_warmup_epochs != "auto":
+            _check_int("tau_warmup_epochs", self.tau_warmup_epochs, 1)
+        _check_choice("tau_estimator", self.tau_estimator, TAU_ESTIMATORS)
         _check_float("t_k", self.t_k, 0.0, lo_open=True)
         _check_float("c", self.c, 0.0, lo_open=True)
         _check_int("epochs", self.epochs, 1)
@@ -141,6 +152,8 @@ class TrainConfig:
         _check_int("eval_batch_size", self.eval_batch_size, 1)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("input_norm", self.input_norm, INPUT_NORMS)
+        if self.checkpoint_every != "auto":
+            _check_int("checkpoint_every", self.checkpoint_every, 0)
         if self.memory_budget_mib is not None:
             _check_float("memory_budget_mib", self.memory_budget_mib, 0.0, lo_open=True)
         if self.init_epochs != "auto":

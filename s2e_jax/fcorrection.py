@@ -71,18 +71,8 @@ def load_transition(path: str, num_classes: int) -> np.ndarray:
 
 def predict_proba(trainer, carry, data, x) -> np.ndarray:
     """Softmax of each network on uint8 inputs ``x`` (``data.x_*``: images, or Model 1's stored
-    patches; eval mode): [N, n, C], in chunks."""
-    from s2e_jax.train import normalize
-
-    @jax.jit
-    def chunk(params, bs, xc):
-        logits, _ = trainer.forward(params, bs, normalize(xc, data.mean, data.std),
-                                    jax.random.PRNGKey(0), False)
-        return jax.nn.softmax(logits)
-
-    b = trainer.eval_batch_size
-    return np.concatenate([np.asarray(chunk(carry.params, carry.batch_stats, x[i:i + b]))
-                           for i in range(0, x.shape[0], b)], axis=1)
+    patches; eval mode): [N, n, C] (:meth:`s2e_jax.train.Trainer.predict_proba`)."""
+    return trainer.predict_proba(carry, data, x)
 
 
 def transition_for(config, ds):

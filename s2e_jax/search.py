@@ -7,9 +7,13 @@ trainings (objective evaluations of single points), as in Figure 6 of the paper.
 
 Searchers (all :class:`Searcher`):
 
+* :class:`SurrogateNewton` — the default S2E search (algo ``newton``): the relaxation's Newton step
+  with ∇J, ∇²J estimated (eq. 7, Proposition 1) on thousands of samples scored by a Gaussian-process
+  surrogate of f on the curve R_x(t), fitted to every training so far; KL trust region; half of each
+  batch at the surrogate's lowest confidence bounds (see docs/search.md);
 * :class:`Relaxation` — stochastic relaxation (eq. 6) with the update of eq. (8); ``curvature``
-  selects H: ``'newton'`` (S2E, Algorithm 2: H = ∇²J of Proposition 1), ``'gd'`` (H = I) or
-  ``'ng'`` (H = exact Fisher matrix, natural gradient);
+  selects H: ``'newton'`` (S2E as published, algo ``newton_paper``: H = ∇²J of Proposition 1 from
+  the K samples of one iteration), ``'gd'`` (H = I) or ``'ng'`` (H = exact Fisher matrix, natural gradient);
 * :class:`RandomSearch` — uniform samples (p_θ with θ = 1);
 * :class:`TPE` — Bayesian optimization with Optuna's TPE (imported lazily);
 * :class:`Hyperband` — Li et al. (2017), budget = epochs.
@@ -36,10 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-from s2e_jax import relaxation
+from s2e_jax import relaxation, surrogate
 from s2e_jax.config import ConfigError
 
-ALGOS = ("newton", "gd", "ng", "random", "tpe", "hyperband")
+ALGOS = ("newton", "newton_paper", "gd", "ng", "random", "tpe", "hyperband")
 CURVATURES = ("newton", "gd", "ng")
 STATE_VERSION = 1
 
@@ -333,7 +337,7 @@ class Relaxation(Searcher):
         if curvature not in CURVATURES:
             raise ConfigError(f"curvature: unknown value {curvature!r} (expected one of {', '.join(CURVATURES)})")
         self.curvature = curvature
-        self.name = curvature
+        self.name = "newton_paper" if curvature == "newton" else curvature
         self.rho = _check_pos("rho", self.DEFAULT_RHO[curvature] if rho is None else rho)
         self.eta = _check_pos("eta", eta)
         self.L = _check_pos("L", L)
@@ -394,8 +398,8 @@ class Relaxation(Searcher):
         self.theta = theta
 
 
-def Newton(space, **kw) -> Relaxation:
-    """S2E's searcher: :class:`Relaxation` with ``curvature='newton'``."""
+def NewtonPaper(space, **kw) -> Relaxation:
+    """S2E's searcher as published (algo ``newton_paper``): :class:`Relaxation` with ``curvature='newton'``."""
     return Relaxation(space, curvature="newton", **kw)
 
 
@@ -407,6 +411,138 @@ def GD(space, **kw) -> Relaxation:
 def NG(space, **kw) -> Relaxation:
     """Natural gradient on J: :class:`Relaxation` with ``curvature='ng'`` (H = Fisher)."""
     return Relaxation(space, curvature="ng", **kw)
+
+
+# ====================================================================== S2E's default: surrogate-assisted Newton
+class SurrogateNewton(Relaxation):
+    """The default S2E search (algo ``newton``): the stochastic relaxation (eq. 6) over Dirichlet × Beta
+    with Newton steps (eq. 7, Proposition 1, eq. 8, Assumption 3), whose ∇J and ∇²J are estimated on
+    a surrogate of f instead of on the K trainings of one iteration.
+
+    The paper's estimator (:class:`Relaxation`, algo ``newton_paper``) averages over the K = 6..8
+    trainings of one iteration: with 36 parameters its Proposition 1 estimate has rank K and its
+    gradient a low signal-to-noise ratio, so the search is no better than random search at equal
+    trainings (issue 21). This searcher spends the same trainings better:
+
+    1. surrogate: a Gaussian process (:mod:`s2e_jax.surrogate`) on the curve R_x(t) at ``n_points``
+       epochs, fitted to *every* training so far (target log(f − min f + ε), standardized; ℓ and the
+       noise by marginal likelihood), refitted each iteration;
+    2. estimates: each of ``steps`` Newton steps per iteration uses ``mc_samples`` fresh samples of p_θ
+       scored by the surrogate's mean, with the paper's :func:`estimate` (eq. 7, Proposition 1) and
+       :func:`solve_safeguarded` (Assumption 3) — the same estimator, thousands of samples instead of K;
+    3. step: θ ← Π(θ − ρ H⁻¹g) (eq. 8) with ρ halved from ``rho`` until KL(p_θnew ‖ p_θ) ≤ ``kl_max``
+       (a trust region on the distribution instead of a fixed ρ);
+    4. trainings: of the K points of an iteration, ⌊``explore`` · K⌋ are the lowest confidence bounds
+       (surrogate mean − sd) among ``candidates`` samples of p_θ, the rest plain samples of p_θ (which
+       keep the surrogate honest where p_θ puts its mass). The first iteration (no data) is K plain
+       samples of θ¹ = 1, i.e. random search's first batch.
+
+    Every draw is keyed by (seed, iteration, purpose) and the surrogate is a deterministic function
+    of the history, so a restored search asks what the uninterrupted one would; the state adds θ,
+    the options and the last fit's hyperparameters (for logs; they are recomputed, not trusted).
+
+    Args (besides :class:`Searcher`'s): ``epochs`` (T of R_x(t); search_run passes the training's),
+    ``rho`` (the first step size tried), ``eta``, ``L``, ``theta_min`` as in :class:`Relaxation`,
+    ``kl_max``, ``steps``, ``mc_samples``, ``candidates``, ``explore`` (fraction in [0, 1]) and
+    ``n_points`` as above.
+    """
+
+    MIN_FIT = 3  # trainings needed before the surrogate is used
+
+    def __init__(self, space, samples: int = 8, seed: int = 0, epochs: int = 200, rho: float = 1.0,
+                 eta: float = 0.1, L: float = 1e3, theta_min: float = 1.0, kl_max: float = 0.5,
+                 steps: int = 2, mc_samples: int = 2000, candidates: int = 1000, explore: float = 0.5,
+                 n_points: int = 20, worst: Optional[float] = None):
+        super().__init__(space, samples, seed, "newton", rho, eta, L, theta_min, baseline=True,
+                         normalize=True, worst=worst)
+        self.name = "newton"
+        self.epochs = _check_int("epochs", epochs, 1)
+        self.kl_max = _check_pos("kl_max", kl_max)
+        self.steps = _check_int("steps", steps, 0)
+        self.mc_samples = _check_int("mc_samples", mc_samples, 2)
+        self.candidates = _check_int("candidates", candidates, 1)
+        self.explore = _check_pos("explore", explore, allow_zero=True)
+        if self.explore > 1:
+            raise ConfigError(f"explore: must be a fraction in [0, 1], got {explore!r}")
+        self.n_points = _check_int("n_points", n_points, 2)
+        self.fit_info: dict = {}
+        self._gp = None  # (number of trainings it was fitted to, surrogate.GP)
+
+    # -------------------------------------------------------------- surrogate
+    def _features(self, xs):
+        return surrogate.curve_features(self.space, xs, self.epochs, self.n_points)
+
+    def _fit(self, xs, fs):
+        gp = surrogate.fit(self._features(xs), surrogate.transform(fs))
+        self._gp = (len(fs), gp)
+        self.fit_info = {"trainings": len(fs), "length": gp.length, "noise": gp.noise, "log_ml": gp.log_ml}
+        return gp
+
+    def _surrogate(self):
+        """The GP fitted to the whole history (refitted after a restore: a function of the history)."""
+        if self._gp is not None and self._gp[0] == len(self.history):
+            return self._gp[1]
+        xs = np.asarray([r["x"] for r in self.history], np.float64)
+        fs = np.asarray([r["f"] for r in self.history], np.float64)
+        return self._fit(xs, fs)
+
+    # -------------------------------------------------------------- ask / tell
+    def _propose(self, n):
+        n_lcb = int(math.floor(self.explore * n)) if len(self.history) >= self.MIN_FIT else 0
+        xs = np.asarray(relaxation.sample(_key(self.seed, self.iteration), self.theta, self.space, n - n_lcb),
+                        np.float64) if n > n_lcb else np.zeros((0, self.dim))
+        if n_lcb:
+            gp = self._surrogate()
+            cands = np.asarray(relaxation.sample(_key(self.seed, self.iteration, 1_000_001), self.theta,
+                                                 self.space, max(self.candidates, n_lcb)), np.float64)
+            mean, sd = surrogate.predict(gp, self._features(cands))
+            pick = np.argsort(mean - sd, kind="stable")[:n_lcb]          # lowest confidence bounds
+            xs = np.concatenate([xs, cands[pick]])
+        return xs, None
+
+    def _update(self, xs, fs, failed):
+        all_x = np.asarray([r["x"] for r in self.history] + list(xs), np.float64)
+        all_f = np.asarray([r["f"] for r in self.history] + list(fs), np.float64)
+        if len(all_f) < self.MIN_FIT:
+            return
+        gp = self._fit(all_x, all_f)
+        kls = []
+        for step in range(self.steps):
+            ks = relaxation.sample(_key(self.seed, self.iteration, 2_000_001 + step), self.theta, self.space,
+                                   self.mc_samples)
+            ks = np.asarray(ks, np.float64)
+            m = surrogate.predict(gp, self._features(ks), return_sd=False)
+            d = self.direction(ks, m)                                    # eq. (7), Prop. 1, Assumption 3
+            rho = self.rho
+            for _ in range(60):                                          # trust region on KL(p_new ‖ p_old)
+                new = project(self.theta - rho * d, self.theta_min)      # eq. (8), minimization
+                kl = surrogate.kl_divergence(new, self.theta, self.space)
+                if kl <= self.kl_max:
+                    break
+                rho *= 0.5
+            else:
+                new, kl = self.theta, 0.0
+            kls.append(kl)
+            self.theta = new
+        self.last_step = dict(self.last_step, kl=kls)
+
+    def _extra_state(self):
+        d = super()._extra_state()
+        d["estimator"] = "surrogate"
+        d["options"].update(epochs=self.epochs, kl_max=self.kl_max, steps=self.steps,
+                            mc_samples=self.mc_samples, candidates=self.candidates, explore=self.explore,
+                            n_points=self.n_points)
+        d["surrogate_fit"] = dict(self.fit_info)
+        return d
+
+    def _load_extra_state(self, d):
+        if d.get("estimator") != "surrogate":
+            raise ConfigError("state: saved by the paper's estimator (algo 'newton' before the surrogate-"
+                              "assisted default); it cannot be resumed by the default newton: start a new "
+                              "search (algo newton_paper is that estimator)")
+        super()._load_extra_state(d)
+        self.fit_info = dict(d.get("surrogate_fit", {}))
+        self._gp = None
 
 
 # ====================================================================== random search
@@ -660,18 +796,19 @@ def run_search(searcher: Searcher, objective: Callable, iterations: Optional[int
     return SearchResult(x, f, searcher.history)
 
 
-_FACTORY = {"newton": Newton, "gd": GD, "ng": NG, "random": RandomSearch, "tpe": TPE, "hyperband": Hyperband}
+_FACTORY = {"newton": SurrogateNewton, "newton_paper": NewtonPaper, "gd": GD, "ng": NG,
+            "random": RandomSearch, "tpe": TPE, "hyperband": Hyperband}
 _OPTIONS = {
-    "newton": Relaxation, "gd": Relaxation, "ng": Relaxation,
+    "newton": SurrogateNewton, "newton_paper": Relaxation, "gd": Relaxation, "ng": Relaxation,
     "random": RandomSearch, "tpe": TPE, "hyperband": Hyperband,
 }
 
 
 def make_searcher(algo: str, space, samples: int = 8, seed: int = 0, **opts) -> Searcher:
-    """The searcher ``algo`` (newton | gd | ng | random | tpe | hyperband) over ``space``.
+    """The searcher ``algo`` (newton | newton_paper | gd | ng | random | tpe | hyperband) over ``space``.
 
     ``opts`` are the keyword arguments of the class (e.g. ``rho``, ``eta``, ``L``, ``theta_min`` for
-    the relaxation searchers; ``max_budget`` is required for hyperband; ``worst`` for all).
+    the relaxation searchers; ``epochs`` (T of the curve R_x(t)) for newton; ``max_budget`` is required for hyperband; ``worst`` for all).
     """
     if algo not in _FACTORY:
         raise ConfigError(f"algo: unknown search algorithm {algo!r} (expected one of {', '.join(ALGOS)})")

@@ -24,9 +24,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import sys
 import time
 from typing import Optional
 
+import jax
 import numpy as np
 
 from s2e_jax import parallel, runs, schedules, search
@@ -95,11 +98,13 @@ class TrainingObjective:
     """
 
     def __init__(self, cfg: SearchConfig, prep: train_lib.Prepared, space, first_trial=0, cache=None,
-                 on_result=None):
+                 on_result=None, checkpoint_root: Optional[str] = None):
         self.cfg, self.prep, self.space = cfg, prep, space
         self.next_trial = first_trial
         self.cache = dict(cache or {})
         self.on_result = on_result
+        # trials in sequence save checkpoints under checkpoint_root/trial_<n> (removed once recorded)
+        self.checkpoint_root = checkpoint_root
 
     def __call__(self, xs, budget=None):
         T = self.cfg.train.epochs
@@ -116,18 +121,26 @@ class TrainingObjective:
                     f"{epochs} epochs): the searcher's code, options or sampling (JAX version) changed since "
                     "it was written; choose another --out (nothing was changed)")
         todo = [i for i, t in enumerate(ids) if t not in self.cache]
-        if todo:
+        one_program = dict(auto=None, one_program=True, sequential=False)[self.cfg.trials]
+        in_sequence = jax.process_count() == 1 and (
+            one_program is False or (one_program is None and jax.default_backend() == "cpu"))
+        # in sequence, each training is recorded (and its checkpoints removed) as soon as it ends
+        for group in ([[i] for i in todo] if in_sequence else [todo] if todo else []):
             t0 = time.time()
-            scheds = np.stack([np.asarray(self.space.decode(np.asarray(xs[i], np.float32), T)) for i in todo])
-            seeds = [trial_seed(self.cfg.train.seed, ids[i]) for i in todo]
-            one_program = dict(auto=None, one_program=True, sequential=False)[self.cfg.trials]
-            m = train_lib.train_trials(self.prep, scheds, seeds, epochs=epochs, one_program=one_program)
-            secs = (time.time() - t0) / len(todo)
-            for j, i in enumerate(todo):
+            scheds = np.stack([np.asarray(self.space.decode(np.asarray(xs[i], np.float32), T)) for i in group])
+            seeds = [trial_seed(self.cfg.train.seed, ids[i]) for i in group]
+            dirs = ([os.path.join(self.checkpoint_root, f"trial_{ids[i]}") for i in group]
+                    if self.checkpoint_root and in_sequence else None)
+            m = train_lib.train_trials(self.prep, scheds, seeds, epochs=epochs, one_program=one_program,
+                                       checkpoint_dirs=dirs)
+            secs = (time.time() - t0) / len(group)
+            for j, i in enumerate(group):
                 rec = self._record(ids[i], xs[i], {k: v[j] for k, v in m.items()}, epochs, secs)
                 self.cache[ids[i]] = rec
                 if self.on_result:
                     self.on_result(rec)
+                if dirs and runs.is_writer():
+                    shutil.rmtree(dirs[j], ignore_errors=True)
         self.next_trial += len(xs)
         return np.asarray([np.nan if self.cache[t]["f"] is None else self.cache[t]["f"] for t in ids])
 
@@ -147,47 +160,127 @@ def _searcher(cfg: SearchConfig, space):
     opts = dict(worst=1.0) if cfg.objective == "error" else {}
     if cfg.algo == "hyperband":
         opts["max_budget"] = cfg.train.epochs
+    elif cfg.algo == "newton":  # the default's surrogate reads R_x(t) over the training's epochs
+        opts["epochs"] = cfg.train.epochs
     return search.make_searcher(cfg.algo, space, samples=cfg.samples, seed=cfg.train.seed, **opts)
 
 
 def _no_work_in(root: str) -> bool:
     """Whether a search directory holds nothing but its ``search_config.json`` and empty folders."""
     for here, _dirs, files in os.walk(root):
-        if any(here != root or f != "search_config.json" for f in files):
+        if any(f != runs.LOCK_NAME and (here != root or f != "search_config.json") for f in files):
             return False
     return True
 
 
+def _damaged(path: str, why: str, what: str) -> ConfigError:
+    return ConfigError(f"out: {path} is damaged ({why}) {what}; move the directory aside or choose another "
+                       "--out (nothing was changed)")
+
+
+def _replay(cfg: SearchConfig, space, records: list):
+    """A fresh searcher told the recorded trainings iteration by iteration, as the search told them
+    (every proposal is a function of the seed and the state; an iteration not recorded in full ends
+    it): the state that a damaged ``state.json`` held. ``ValueError`` where a proposal is not the
+    recorded one."""
+    searcher = _searcher(cfg, space)
+    by_trial = {r.get("trial"): r for r in records if isinstance(r, dict)}
+    while True:
+        xs, budget = searcher.ask()
+        first = len(searcher.history)
+        recs = [by_trial.get(first + i) for i in range(len(xs))]
+        if any(r is None for r in recs):
+            return searcher
+        epochs = cfg.train.epochs if budget is None else int(budget)
+        for i, r in enumerate(recs):
+            try:
+                same = (r["epochs"] == epochs and np.allclose(np.asarray(r["x"], np.float64), xs[i], rtol=0, atol=1e-6))
+            except (KeyError, TypeError, ValueError):
+                same = False
+            if not same:
+                raise ValueError(f"trial {first + i} of trials.jsonl is not the training the searcher proposes "
+                                 "now: its code, options or sampling (JAX version) changed")
+        searcher.tell(xs, [np.nan if r.get("f") is None else float(r["f"]) for r in recs])
+
+
+def _restore(cfg: SearchConfig, space, algo_dir, records: list):
+    """The searcher of ``<algo>/state.json``; where that file is damaged, the one rebuilt from
+    ``trials.jsonl`` (written back at once), or one ConfigError naming the file."""
+    searcher = _searcher(cfg, space)
+    if not algo_dir.exists("state.json"):
+        return searcher
+    path = algo_dir.path("state.json")
+    try:
+        state = algo_dir.read_json("state.json", kind=dict)
+    except runs.DamagedFile as err:
+        why = err.why
+    else:
+        missing = sorted(set(searcher.state_dict()) - set(state))
+        if missing:
+            why = f"fields missing: {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}"
+        else:
+            try:
+                return searcher.load_state_dict(state)
+            except ConfigError as err:  # a sound state of other options (samples, say)
+                raise ConfigError(f"out: {path}: {err}; resume with the options it was made with or choose "
+                                  "another --out (nothing was changed)") from None
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+                why = "fields of the wrong type"
+            searcher = _searcher(cfg, space)  # the failed load may have changed some of it
+    try:
+        searcher = _replay(cfg, space, records)
+    except (ValueError, TypeError) as err:
+        raise _damaged(path, why, f"and cannot be rebuilt from trials.jsonl ({err})") from None
+    algo_dir.write_json("state.json", searcher.state_dict())
+    print(f"note: {path} was damaged ({why}); rebuilt from trials.jsonl ({searcher.iteration} iterations)",
+          file=sys.stderr)
+    return searcher
+
+
 def run(cfg: SearchConfig, dataset=None) -> dict:
-    """Run (or resume) a search; returns the summary written to ``<algo>/result.json``."""
+    """Run (or resume) a search; returns the summary written to ``<algo>/result.json``.
+
+    ``cfg.out`` is claimed for the whole call (:class:`s2e_jax.runs.RunDir`): a second search into it
+    while this one runs is refused, naming this one."""
     cfg.validate()
-    space = schedules.get_space(cfg.space)
     root = runs.RunDir.open(cfg.out) if cfg.out else None
+    try:
+        return _run(cfg, dataset, root)
+    finally:
+        if root is not None:
+            root.release()
+
+
+def _run(cfg: SearchConfig, dataset, root) -> dict:
+    space = schedules.get_space(cfg.space)
     # --distributed: every process reads and checks the directory (resume needs it on a shared file
     # system), so all refuse the same one; then process 0 alone writes (s2e_jax.runs)
     if root is not None:
         ident = _identity(cfg)
         fresh = not root.exists("search_config.json")
         if not fresh:
-            old = root.read_json("search_config.json")
+            try:
+                old = root.read_json("search_config.json", kind=dict)
+            except runs.DamagedFile as err:
+                raise _damaged(err.path, err.why, "and it names the search this directory holds") from None
             if runs.identity_files_by_content(old.get("identity")) != ident:
                 if not _no_work_in(root.root):
                     raise ConfigError(f"out: {cfg.out} holds a search with other settings (data, noise, "
                                       "training, space or seed); choose another --out")
                 fresh = True  # a search that stopped before its first training (bad data, say): no work lost
-        elif os.path.isdir(root.root) and os.listdir(root.root):
+        elif os.path.isdir(root.root) and runs.contents(root.root):
             raise ConfigError(f"out: {cfg.out} exists and is not a search directory; nothing was overwritten")
         parallel.barrier(f"s2e_jax.search_run:{cfg.out}")
         if fresh:
             root.write_json("search_config.json", dict(identity=ident, config=cfg.to_dict()))
-    algo_dir = runs.RunDir.open(os.path.join(cfg.out, cfg.algo)) if root else None
+    algo_dir = runs.RunDir.open(os.path.join(cfg.out, cfg.algo), claim=False) if root else None
 
     searcher = _searcher(cfg, space)
     cache = {}
     if algo_dir is not None:
-        if algo_dir.exists("state.json"):
-            searcher.load_state_dict(algo_dir.read_json("state.json"))
-        cache = {r["trial"]: r for r in runs.read_jsonl(algo_dir.path("trials.jsonl"))}
+        records = runs.read_jsonl(algo_dir.path("trials.jsonl"))
+        searcher = _restore(cfg, space, algo_dir, records)
+        cache = {r["trial"]: r for r in records}
         _truncate_torn_line(algo_dir.path("trials.jsonl"))
         _complete_theta_log(algo_dir, searcher)
     done_trials = len(searcher.history)
@@ -205,7 +298,8 @@ def run(cfg: SearchConfig, dataset=None) -> dict:
         if algo_dir is not None:
             runs.append_line(algo_dir.path("trials.jsonl"), json.dumps(rec))
 
-    objective = TrainingObjective(cfg, prep, space, done_trials, cache, on_result)
+    objective = TrainingObjective(cfg, prep, space, done_trials, cache, on_result,
+                                  checkpoint_root=algo_dir.path("checkpoints") if algo_dir is not None else None)
     bar = runs.progress(cfg.iterations * cfg.samples, "trainings", enabled=cfg.train.progress,
                         desc=f"{cfg.algo} search")
     bar.update(done_trials) if done_trials else None

@@ -25,6 +25,7 @@ networks in bfloat16 on float32 master weights (losses and selection stay float3
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -33,9 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from s2e_jax import checkpoint
 from s2e_jax import data as data_lib
+from s2e_jax import label_issues, parallel, plots, runs, schedules, selection
 from s2e_jax import models as models_lib
-from s2e_jax import schedules, selection
 from s2e_jax.config import ConfigError, TrainConfig
 
 
@@ -146,6 +148,8 @@ class Carry(NamedTuple):
     sched: jax.Array     # the schedule's parameter array (traced: changing it never recompiles)
     key: jax.Array
     epoch: jax.Array     # int32 scalar: epochs done
+    selected: jax.Array  # float32 [N, n_train]: steps in which network n kept (selected) example i
+    seen: jax.Array      # float32 [n_train]: steps in which example i was in a mini-batch
 
 
 class Acc(NamedTuple):
@@ -221,6 +225,7 @@ class Trainer:
         set_("end_fn", jax.jit(self._end, static_argnames="evaluate"))
         set_("step_ids", [jnp.int32(i) for i in range(self.steps_per_epoch)])
         set_("eval_chunk_fn", jax.jit(self._eval_chunk))
+        set_("proba_fn", jax.jit(self._proba))
 
     # ------------------------------------------------------------------ networks
     def _variables(self, p, bs):
@@ -285,7 +290,8 @@ class Trainer:
         lr, b1 = adam_plan(0, lr=self.lr, epochs=self.epochs, decay_start=self.decay_start,
                            beta1=self.beta1, beta1_late=self.beta1_late)  # strong dtypes: one trace
         opt_state = opt_state._replace(hyperparams=dict(opt_state.hyperparams, learning_rate=lr, b1=b1))
-        return Carry(params, bs, opt_state, sched, data_key, jnp.zeros((), jnp.int32))
+        return Carry(params, bs, opt_state, sched, data_key, jnp.zeros((), jnp.int32),
+                     jnp.zeros((self.num_nets, self.n_train), jnp.float32), jnp.zeros((self.n_train,), jnp.float32))
 
     # ------------------------------------------------------------------ one step
     def loss(self, params, batch_stats, xb, yb, r, key, epoch=0, transition=None, given=None, batch=0):
@@ -331,7 +337,11 @@ class Trainer:
         updates, opt_state = self.tx.update(grads, carry.opt_state, carry.params)
         params = optax.apply_updates(carry.params, updates)
         stats = (per_net, kept.sum(1), (kept * cleanb[None]).sum(1))
-        return carry._replace(params=params, batch_stats=new_bs, opt_state=opt_state), stats
+        # per-example selection counts (label_issues.csv): idx is a permutation's slice, no repeats
+        selected = carry.selected.at[:, idx].add(kept.astype(jnp.float32))
+        seen = carry.seen.at[idx].add(1.0)
+        return carry._replace(params=params, batch_stats=new_bs, opt_state=opt_state, selected=selected,
+                              seen=seen), stats
 
     # ------------------------------------------------------------------ epoch pieces
     def _begin(self, carry: Carry, data: DeviceData):
@@ -354,6 +364,16 @@ class Trainer:
     def _loop_step(self, carry, acc, batches, k_steps, r, i, data):
         carry, stats = self._train_step(carry, batches[i], r, data, jax.random.fold_in(k_steps, i), i)
         return carry, self._accumulate(acc, stats)
+
+    def predict_proba(self, carry: Carry, data: DeviceData, x) -> np.ndarray:
+        """Softmax of each network (eval mode) on uint8 model inputs ``x`` (``data.x_*``): [N, n, C]."""
+        b = self.eval_batch_size
+        return np.concatenate([np.asarray(self.proba_fn(carry.params, carry.batch_stats, x[i:i + b], data))
+                               for i in range(0, x.shape[0], b)], axis=1)
+
+    def _proba(self, params, bs, x, data: DeviceData):
+        logits, _ = self.forward(params, bs, normalize(x, data.mean, data.std), jax.random.PRNGKey(0), False)
+        return jax.nn.softmax(logits)
 
     def _eval_chunk(self, params, bs, x, y, valid, data: DeviceData):
         logits, _ = self.forward(params, bs, normalize(x, data.mean, data.std), jax.random.PRNGKey(0), False)
@@ -514,6 +534,7 @@ class Prepared:
     model_name: str
     noise_info: dict     # data, noise and method facts recorded in config.json and summary.json
     transition: Optional[np.ndarray] = None  # F-correction's T
+    image_shape: tuple = ()  # (H, W, C) of the training images (data.x_train may hold Model 1's patches)
 
 
 def schedule_of(config: TrainConfig):
@@ -524,6 +545,9 @@ def schedule_of(config: TrainConfig):
         return space.rate, np.asarray(space.decode(np.asarray(x, np.float32), config.epochs))
     if not uses_schedule:
         return schedules.constant_rate, np.zeros((1,), np.float32)
+    if config.tau == "auto":
+        raise ConfigError("tau: \"auto\" is estimated from the data by prepare(); schedule_of needs it resolved "
+                          "(config.replace(tau=...))")
     tau = config.noise_rate if config.tau is None else config.tau  # Co-teaching's default tau
     return schedules.coteaching_rate, np.asarray([tau, config.t_k, config.c], np.float32)
 
@@ -553,11 +577,16 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
                                  pool_s2d=resolve_pool_s2d(config.pool_s2d, driver, conv_impl=conv),
                                  stem_patches=config.stem_patches == "on")
     spec = selection.get_rule(config.method, init_epochs=config.resolved_init_epochs())
-    if (rate is None and spec.uses_schedule and config.schedule is None and config.tau is None
-            and (config.noise == "none" or config.label_file is not None)):
-        raise ConfigError(f"tau: eq. (1)'s tau defaults to the noise rate, which is not set with "
-                          f"{'a label_file' if config.label_file is not None else 'noise none'}; give tau "
-                          f"(--tau: the fraction of each batch to drop, e.g. an estimate of the noise rate)")
+    tau_info = {}
+    if rate is None and spec.uses_schedule and config.schedule is None and (
+            config.tau == "auto" or (config.tau is None and (config.noise == "none" or config.label_file is not None))):
+        # eq. (1)'s tau estimated from the noisy data: asked for, or no noise rate is known
+        from s2e_jax import noise_rate
+
+        tau_hat, tau_info = noise_rate.estimate_for(config, ds)
+        config = config.replace(tau=tau_hat)
+    elif config.tau == "auto":  # eq. (1) not used (a search's own schedules, a schedule file, no R(t))
+        config = config.replace(tau=None)
     rate_, sched = schedule_of(config)
     rate = rate_ if rate is None else rate
     trainer = Trainer(model, spec.num_nets, spec.rule, rate, epochs=config.epochs,
@@ -569,6 +598,7 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
                       weights_fn=spec.weights_fn, precision=config.precision)
     noise_info = dict(actual_noise_rate=float(1.0 - is_clean.mean()), n_train=int(len(ds.y_train)),
                       n_val=int(len(ds.y_val)), n_test=int(len(ds.y_test)), num_classes=int(ds.num_classes))
+    noise_info.update(tau_info)  # tau "auto": tau_estimated, tau_method, ... (s2e_jax/noise_rate.py)
     transition = None
     noise_info["method_version"] = selection.method_version(config.method)
     if config.method == "coteaching_plus":
@@ -579,7 +609,7 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
         transition, info = fcorrection.transition_for(config, ds)
         noise_info.update(info)
     return Prepared(config, trainer, device_data(ds, is_clean, transition, config.input_norm, model), sched, model_name,
-                    noise_info, transition)
+                    noise_info, transition, tuple(int(v) for v in ds.x_train.shape[1:]))
 
 
 def seed_keys(seed: int, num_nets: int):
@@ -611,6 +641,7 @@ class TrainResult:
     run_dir: Optional[str]
     carry: Any
     prepared: Optional[Prepared] = None
+    label_issues: Optional[dict] = None  # :func:`label_report`: the training examples, most suspect first
 
 
 def summarize(metrics: dict, noise_info: dict, seconds: float) -> dict:
@@ -626,51 +657,142 @@ def summarize(metrics: dict, noise_info: dict, seconds: float) -> dict:
                 epochs=int(len(test)), seconds=float(seconds), **noise_info)
 
 
+TIMING_KEYS = ("seconds", "fcorr_warmup_seconds", "tau_warmup_seconds")  # timing.json, not summary.json
+
+
+def resume_identity(config: TrainConfig) -> dict:
+    """What must match for ``train`` to resume into a run directory: the config but where the run is
+    written and how it reports progress or checkpoints; files by content (:mod:`s2e_jax.runs`)."""
+    d = config.to_dict()
+    for k in ("out", "progress", "checkpoint_every"):
+        d.pop(k, None)
+    return runs.files_by_content(d)
+
+
+def _resumable(config: TrainConfig) -> bool:
+    """Whether ``config.out`` holds an unfinished training of this same config (resume it), or is new
+    (False); anything else is one ConfigError and nothing is touched."""
+    root = config.out
+    if not os.path.isdir(root) or not os.path.exists(os.path.join(root, "config.json")):
+        runs.RunDir.check_new(root)
+        return False
+    try:
+        saved = runs.RunDir(root).read_json("config.json").get("identity")
+    except (OSError, ValueError, AttributeError):
+        raise ConfigError(f"out: {root}/config.json is damaged; choose another --out (nothing was changed)") from None
+    mine = resume_identity(config)
+    if isinstance(saved, dict):  # a field newer than the directory matches while it has its default
+        defaults = TrainConfig().to_dict()
+        mine = {k: v for k, v in mine.items() if k in saved or v != defaults.get(k)}
+    if runs.identity_files_by_content(dict(train=saved)) != dict(train=mine):
+        raise ConfigError(f"out: {root} holds a training with another config; choose another --out "
+                          "(nothing was changed)")
+    if os.path.exists(os.path.join(root, "summary.json")):
+        raise ConfigError(f"out: {root} holds a finished training of this config (summary.json); choose "
+                          "another --out to train again (nothing was changed)")
+    return True
+
+
+def _rewrite_metrics(run, rows):
+    """metrics.csv made again from the rows restored (rows written after the checkpoint are dropped)."""
+    tmp = "metrics.csv.resume"
+    if run.exists(tmp):
+        os.remove(run.path(tmp))
+    for i, row in enumerate(rows):
+        run.append_metrics_row(i, row, name=tmp)
+    if rows:
+        os.replace(run.path(tmp), run.path("metrics.csv"))
+    elif run.exists("metrics.csv"):
+        os.remove(run.path("metrics.csv"))
+
+
+def model_description(prep: Prepared, image_shape) -> dict:
+    """What :func:`s2e_jax.inference.load` needs to rebuild the networks (``model.json``)."""
+    m, c = prep.trainer.model, int(image_shape[-1])
+    return dict(model=prep.model_name, num_classes=int(prep.noise_info["num_classes"]),
+                num_nets=int(prep.trainer.num_nets), image_shape=[int(v) for v in image_shape],
+                mean=[float(v) for v in np.asarray(prep.data.mean)[:c]],  # per channel (patches: tiled)
+                std=[float(v) for v in np.asarray(prep.data.std)[:c]],
+                conv_impl=getattr(m, "conv_impl", None), pool_s2d=getattr(m, "pool_s2d", None),
+                method=prep.config.method, input_norm=prep.config.input_norm)
+
+
+def label_report(prep: Prepared, carry: Carry) -> dict:
+    """The label report of a finished training (:func:`s2e_jax.label_issues.suspect_table`)."""
+    probs = prep.trainer.predict_proba(carry, prep.data, prep.data.x_train)
+    return label_issues.suspect_table(np.asarray(prep.data.y_train), probs, np.asarray(carry.selected),
+                                      np.asarray(carry.seen))
+
+
 def train(config: TrainConfig, dataset=None) -> TrainResult:
     """Run one training as the config says; write its run directory if ``config.out`` is set.
+
+    The run directory gets config.json, metrics.csv (a row per epoch), summary.json (results),
+    timing.json (wall-clock seconds), curves.png, label_issues.csv, the final networks (model/,
+    model.json: :func:`s2e_jax.inference.load`) and checkpoints/ while it runs. The same call on the
+    same ``out`` after a kill resumes from the newest checkpoint and ends with the same metrics.csv
+    and summary.json as an uninterrupted run.
 
     >>> result = train(TrainConfig(dataset="digits", noise="pair", noise_rate=0.45, epochs=20))
     >>> result.summary["final_test_acc"]
     """
-    from s2e_jax import parallel, runs
-
-    if config.out:  # refused before loading data (tfds) or estimating F-correction's T, not after
-        runs.RunDir.check_new(config.out)
+    resume = _resumable(config) if config.out else False  # refused before loading data, not after
     prep = prepare(config, dataset)
     # every process checks the directory (runs.RunDir.create); only process 0 writes into it
-    run = runs.RunDir.create(config.out) if config.out else None
+    run = (runs.RunDir.open(config.out) if resume else runs.RunDir.create(config.out)) if config.out else None
     if run:
         run.write_json("config.json", dict(config.to_dict(), model_resolved=prep.model_name,
                                            net_form=prep.trainer.net_form, driver=prep.trainer.driver,
                                            conv_impl_resolved=getattr(prep.trainer.model, "conv_impl", None),
                                            pool_s2d_resolved=getattr(prep.trainer.model, "pool_s2d", None),
                                            backend=jax.default_backend(), processes=jax.process_count(),
-                                           **prep.noise_info))
+                                           identity=resume_identity(config), **prep.noise_info))
     carry = init_carry(prep, config.seed)
-    rows, start = [], time.time()
+    rows, start, resumed_from = [], time.time(), 0
+    ckpts = checkpoint.TrainingCheckpoints(run.root) if run and config.checkpoint_every != 0 else None
+    if run and resume:
+        restored = ckpts.restore(carry) if ckpts else None
+        if restored is not None:
+            carry, rows = restored
+            resumed_from = len(rows)
+        if parallel.is_main_process():
+            _rewrite_metrics(run, rows)
+    policy, saves = checkpoint.Policy(config.checkpoint_every), []
     bar = runs.progress(config.epochs, "epochs", enabled=config.progress)
-    for _ in range(config.epochs):
+    bar.update(resumed_from) if resumed_from else None
+    for _ in range(resumed_from, config.epochs):
         carry, metrics = prep.trainer.run_epoch(carry, prep.data)
         rows.append(_host(metrics))  # one small device-to-host copy per epoch
         if run:
             run.append_metrics_row(len(rows) - 1, rows[-1])
+            if ckpts and parallel.is_main_process() and policy.due(len(rows), config.epochs):
+                saves.append(ckpts.save(len(rows), carry, rows))
+                policy.saved(saves[-1])
         bar.update(1, test_acc=float(rows[-1]["test_acc"].mean()), R=float(rows[-1]["r"]))
     bar.close()
     metrics = _stack_epochs(rows)
     summary = summarize(metrics, prep.noise_info, time.time() - start)
+    report = label_report(prep, carry)
     if run and parallel.is_main_process():
-        run.write_json("summary.json", summary)
         if prep.transition is not None:
             np.save(run.path("transition.npy"), prep.transition)
-        from s2e_jax import plots
-
+        label_issues.write_csv(run.path("label_issues.csv"), report)
+        checkpoint.save_networks(run.root, carry.params, carry.batch_stats,
+                                 model_description(prep, prep.image_shape))
         plots.plot_curves(metrics, run.path("curves.png"), title=f"{config.method} on {config.dataset} "
                           f"({config.noise} {config.noise_rate:g})")
-    return TrainResult(config, metrics, summary, run.root if run else None, carry, prep)
+        run.write_json("timing.json", dict({k: summary[k] for k in TIMING_KEYS if k in summary},
+                                           resumed_from_epoch=resumed_from, checkpoints_saved=len(saves),
+                                           checkpoint_seconds=float(sum(saves))))
+        run.write_json("summary.json", {k: v for k, v in summary.items() if k not in TIMING_KEYS})  # last: done
+    if ckpts:
+        ckpts.close()
+    return TrainResult(config, metrics, summary, run.root if run else None, carry, prep, report)
 
 
 def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
-                 one_program: Optional[bool] = None, mesh=None, memory_budget_mib: Optional[float] = None):
+                 one_program: Optional[bool] = None, mesh=None, memory_budget_mib: Optional[float] = None,
+                 checkpoint_dirs: Optional[list] = None):
     """K trainings (schedules ``scheds`` [K, P], seeds [K]) sharing the device data.
 
     With ``one_program`` (the default on GPU/TPU) the K trainings are one program:
@@ -679,7 +801,10 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
     splits K into waves when it would not fit ``memory_budget_mib``. Otherwise (the CPU default, by
     measurement) one after another with the trainer's own driver; with several processes
     (``--distributed``) each runs its share so (trial i on process i mod P) and the metrics are
-    gathered over JAX's collectives. Returns per-epoch metrics with a leading trial axis:
+    gathered over JAX's collectives. ``checkpoint_dirs`` (one folder per trial; trials in sequence on
+    one process): each training saves its state there as ``train`` does (``config.checkpoint_every``)
+    and resumes from it, so a killed search loses at most the epochs since a trial's last checkpoint.
+    Returns per-epoch metrics with a leading trial axis:
     ``{name: array [K, epochs, ...]}``, the same on every process.
     """
     tr = prep.trainer
@@ -693,8 +818,6 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
         # so one program is the default on GPU/TPU only, also with several processes
         one_program = jax.default_backend() != "cpu"
     if one_program:
-        from s2e_jax import parallel
-
         metrics, _ = parallel.run_trials(prep, scheds, seeds, epochs=epochs, mesh=mesh,
                                          memory_budget_mib=memory_budget_mib)
         return metrics
@@ -702,9 +825,22 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
 
     def one(i):
         carry, rows = init_carry(prep, int(seeds[i]), scheds[i]), []
-        for _ in range(epochs):
+        ckpts = None
+        if checkpoint_dirs is not None and procs == 1 and prep.config.checkpoint_every != 0:
+            ckpts = checkpoint.TrainingCheckpoints(checkpoint_dirs[i])
+            restored = ckpts.restore(carry)
+            if restored is not None and len(restored[1]) <= epochs and np.array_equal(
+                    np.asarray(restored[0].sched), np.asarray(carry.sched)):  # this trial's schedule
+                carry, rows = restored
+        policy = checkpoint.Policy(prep.config.checkpoint_every)
+        for _ in range(len(rows), epochs):
             carry, m = tr.run_epoch(carry, prep.data)
-            rows.append(m)
+            rows.append(m)  # on the device: copied to the host at a checkpoint or at the end
+            if ckpts and policy.due(len(rows), epochs):
+                rows = [_host(r) for r in rows]
+                policy.saved(ckpts.save(len(rows), carry, rows))
+        if ckpts:
+            ckpts.close()
         return _stack_epochs([_host(r) for r in rows])
 
     if procs == 1:

@@ -1,0 +1,351 @@
+"""Search efficiency on synthetic schedule-fitting objectives: best f against trainings spent (Figure 6's axes).
+
+Every searcher of ``s2e_jax.search.ALGOS`` (the default S2E search ``newton``, the paper's estimator
+``newton_paper``, GD, NG, random, TPE, Hyperband) searches the S2E space for the curve R_x(t) closest to
+a hidden target R*(t):
+
+    f(x) = mean_{t < T} (R_x(t) − R*(t))²,   T = 200,
+
+(a "training" of b < T epochs — Hyperband's partial trainings — is the mean over t < b). Target shapes:
+
+* ``coteaching``: eq. (1), R* = 1 − 0.45 min(t/10, 1) (eq. 1 expresses it);
+* ``s2e_point``: the curve of a fixed point of the S2E space (eq. 4 expresses it exactly);
+* ``dip_rise``: down to 0.4 at t = 15, then a linear rise to 0.7 at T (not monotone: eq. 1 cannot);
+* ``late_sigmoid``: 1 − 0.5 σ((t − 80)/10), a late drop with an inflection (eq. 1 cannot).
+
+Budgets: 60 trainings (M = 10 iterations of K = 6) and 240 (M = 30 of K = 8); Hyperband gets the same
+number of full-training equivalents. ``--noise-sd s`` adds N(0, s²) to every evaluation; the reported
+value is then the noise-free f of the point each searcher returns as its best.
+
+Writes under ``--out`` (default results/search_efficiency): ``raw/<setting>/<algo>_seed<s>.json`` (the
+best-so-far curve; existing files are reused, so a killed run resumes), ``synthetic.md`` (the table),
+``<setting>.png`` (one plot per setting), ``overhead.md`` (searcher time per iteration).
+
+    nice -n 10 python experiments/search_efficiency.py --seeds 10
+
+``--real DATASET`` runs real trainings instead (``s2e_jax.search_run``, one search directory per search
+seed under ``--out/<dataset>_<noise><rate>_b<budget>/seed<s>``): every algorithm of ``--algos`` with a
+budget of ``--budget`` trainings (K = ``--samples``), then the best schedule of each search retrained on
+the ``--retrain-seeds`` next to Co-teaching's eq. (1); table ``real_<...>.md``:
+
+    nice -n 10 python experiments/search_efficiency.py --real digits --noise pair --noise-rate 0.45 \
+        --budget 20 --samples 4 --search-seeds 0 1 2 --algos newton newton_paper random tpe
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from s2e_jax import search  # noqa: E402
+from s2e_jax.schedules import get_space  # noqa: E402
+
+T = 200
+SPACE = get_space("s2e")
+BUDGETS = {60: (10, 6), 240: (30, 8)}   # budget: (M, K)
+X_POINT = np.concatenate([[0.1, 0.6, 0.2, 0.1], np.random.default_rng(7).uniform(0.2, 0.8, 16)])
+
+
+def targets() -> dict:
+    t = np.arange(T, dtype=np.float64)
+    return {
+        "coteaching": 1.0 - 0.45 * np.minimum(t / 10.0, 1.0),
+        "s2e_point": np.asarray(SPACE.curve(X_POINT, T), np.float64),
+        "dip_rise": 1.0 - 0.6 * np.minimum(t / 15.0, 1.0) + 0.3 * np.maximum(0.0, (t - 15.0) / (T - 15.0)),
+        "late_sigmoid": 1.0 - 0.5 / (1.0 + np.exp(-(t - 80.0) / 10.0)),
+    }
+
+
+@jax.jit
+def _curves(xs):
+    ts = jnp.arange(T, dtype=jnp.float32)
+
+    def one(x):
+        params = SPACE.decode(x, T)
+        return jax.vmap(lambda t: SPACE.rate(t, params, T))(ts)
+
+    return jax.vmap(one)(xs)
+
+
+class Objective:
+    """f(x) (and its noisy, budgeted version) for one target curve."""
+
+    def __init__(self, target, noise_sd=0.0, seed=0):
+        self.target = np.asarray(target, np.float64)
+        self.noise_sd = float(noise_sd)
+        self.rng = np.random.default_rng(seed)
+
+    def true(self, xs, epochs=T):
+        c = np.asarray(_curves(jnp.asarray(np.asarray(xs), jnp.float32)), np.float64)
+        return np.mean((c[:, :epochs] - self.target[:epochs]) ** 2, axis=1)
+
+    def __call__(self, xs, budget=None):
+        f = self.true(xs, T if budget is None else int(budget))
+        if self.noise_sd > 0:
+            f = f + self.noise_sd * self.rng.normal(size=f.shape)
+        return f
+
+
+def run_one(algo, target, budget, seed, noise_sd):
+    """One search: the best-so-far noise-free f at each integer cost 1..budget, and timings."""
+    M, K = BUDGETS[budget]
+    opts = {"max_budget": T} if algo == "hyperband" else {"epochs": T} if algo == "newton" else {}
+    s = search.make_searcher(algo, SPACE, samples=K, seed=seed, **opts)
+    obj = Objective(target, noise_sd, seed=10_000 + seed)
+    t_search = 0.0
+    best_x, grid_best = None, []
+    cost = 0.0
+    n_iter = 0
+    t_first = None
+    while cost < budget - 1e-9:
+        t0 = time.perf_counter()
+        xs, b = s.ask()
+        t1 = time.perf_counter()
+        fs = obj(xs, b)
+        t2 = time.perf_counter()
+        s.tell(xs, fs)
+        t3 = time.perf_counter()
+        dt = (t1 - t0) + (t3 - t2)
+        t_search += dt
+        if t_first is None:
+            t_first = dt
+        n_iter += 1
+        cost = s.cost
+        x, _ = s.best()
+        best_true = float(obj.true(x[None])[0]) if x is not None else float("nan")
+        while len(grid_best) < min(int(np.floor(cost + 1e-9)), budget):
+            grid_best.append(best_true)
+    return {"algo": algo, "seed": seed, "budget": budget, "M": M, "K": K, "best": grid_best,
+            "iterations": n_iter, "search_seconds": t_search, "first_iteration_seconds": t_first,
+            "trainings": len(s.history)}
+
+
+def fmt(v):
+    return f"{v:.2e}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--algos", nargs="+", default=list(search.ALGOS))
+    p.add_argument("--shapes", nargs="+", default=list(targets()))
+    p.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--noise-sd", type=float, default=0.0)
+    p.add_argument("--out", default="results/search_efficiency")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the tables and plots")
+    p.add_argument("--real", default=None, help="a data set: real trainings instead of synthetic objectives")
+    p.add_argument("--noise", default="pair")
+    p.add_argument("--noise-rate", type=float, default=0.45)
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--budget", type=int, default=20)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--search-seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--retrain-seeds", nargs="+", type=int, default=[100, 101, 102])
+    a = p.parse_args(argv)
+    if a.real:
+        return real(a)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    tg = targets()
+    tag = "" if a.noise_sd == 0 else f"_noise{a.noise_sd:g}"
+    if not a.report_only:
+        for budget in a.budgets:
+            for shape in a.shapes:
+                d = os.path.join(a.out, "raw", f"{shape}_{budget}{tag}")
+                os.makedirs(d, exist_ok=True)
+                for seed in range(a.seeds):
+                    for algo in a.algos:
+                        path = os.path.join(d, f"{algo}_seed{seed}.json")
+                        if os.path.exists(path):
+                            continue
+                        r = run_one(algo, tg[shape], budget, seed, a.noise_sd)
+                        with open(path + ".tmp", "w") as f:
+                            json.dump(r, f)
+                        os.replace(path + ".tmp", path)
+                        print(f"{shape} {budget}{tag} seed {seed} {algo}: best {r['best'][-1]:.3g} "
+                              f"({r['search_seconds']:.1f}s search)", flush=True)
+    report(a, tg, tag)
+
+
+def load(out, shape, budget, tag, algo):
+    d = os.path.join(out, "raw", f"{shape}_{budget}{tag}")
+    rs = []
+    if os.path.isdir(d):
+        for name in sorted(os.listdir(d)):
+            if name.startswith(algo + "_seed") and name.endswith(".json"):
+                with open(os.path.join(d, name)) as f:
+                    rs.append(json.load(f))
+    return rs
+
+
+def report(a, tg, tag):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cmd = "python experiments/search_efficiency.py " + " ".join(sys.argv[1:])
+    lines = [f"# Search efficiency, synthetic schedule fitting (S2E space, T = {T}){' noise sd ' + str(a.noise_sd) if tag else ''}\n",
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, `{cmd}`\n",
+             "Best f found (noise-free f of the searcher's best point) after the budget, mean ± std over "
+             "search seeds [min, max]; ratio = mean / random's mean and mean / TPE's mean. Lower is better.\n"]
+    over = ["# Searcher time (ask + tell, objective excluded), seconds\n",
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, `{cmd}`\n",
+            "| setting | algo | iterations | mean s / iteration (excl. the first) | first iteration (compiles) |",
+            "|---|---|---|---|---|"]
+    for budget in a.budgets:
+        M, K = BUDGETS[budget]
+        for shape in a.shapes:
+            setting = f"{shape}_{budget}{tag}"
+            rows, curves = [], {}
+            for algo in a.algos:
+                rs = load(a.out, shape, budget, tag, algo)
+                if not rs:
+                    continue
+                B = np.asarray([r["best"][:budget] for r in rs if len(r["best"]) >= budget])
+                if len(B) == 0:
+                    continue
+                curves[algo] = B
+                fin = B[:, -1]
+                rows.append((algo, len(B), fin))
+                its = [r["iterations"] for r in rs]
+                per = [(r["search_seconds"] - r["first_iteration_seconds"]) / max(r["iterations"] - 1, 1) for r in rs]
+                over.append(f"| {setting} | {algo} | {np.mean(its):.0f} | {np.mean(per):.3f} | "
+                            f"{np.mean([r['first_iteration_seconds'] for r in rs]):.2f} |")
+            if not rows:
+                continue
+            ref = {n: fin.mean() for n, _, fin in rows}
+            lines.append(f"\n## {shape}, {budget} trainings (M = {M}, K = {K}){' noise sd ' + str(a.noise_sd) if tag else ''}\n")
+            lines.append("| algo | seeds | best f mean ± std | [min, max] | / random | / TPE |")
+            lines.append("|---|---|---|---|---|---|")
+            for algo, n, fin in rows:
+                rr = fin.mean() / ref["random"] if "random" in ref else float("nan")
+                rt = fin.mean() / ref["tpe"] if "tpe" in ref else float("nan")
+                lines.append(f"| {algo} | {n} | {fmt(fin.mean())} ± {fmt(fin.std())} | [{fmt(fin.min())}, "
+                             f"{fmt(fin.max())}] | {rr:.2f} | {rt:.2f} |")
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for algo, B in curves.items():
+                x = np.arange(1, B.shape[1] + 1)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    m = np.nanmean(B, 0)
+                    lo, hi = np.nanpercentile(B, 25, 0), np.nanpercentile(B, 75, 0)
+                ax.plot(x, m, label=algo, lw=2.2 if algo == "newton" else 1.2)
+                ax.fill_between(x, lo, hi, alpha=0.12)
+            ax.set(yscale="log", xlabel="trainings (full-training equivalents)", ylabel="best f (mean; band: quartiles)",
+                   title=f"{shape}, budget {budget} (M={M}, K={K}){tag}")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(os.path.join(a.out, f"{setting}.png"), dpi=110)
+            plt.close(fig)
+    name = f"synthetic{tag}.md"
+    with open(os.path.join(a.out, name), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(a.out, f"overhead{tag}.md"), "w") as f:
+        f.write("\n".join(over) + "\n")
+    print("\n".join(lines))
+
+
+def real(a):
+    """Searches with real trainings, then the best schedules retrained on fresh seeds against eq. (1)."""
+    from s2e_jax import search_run
+    from s2e_jax.config import TrainConfig
+    from s2e_jax.train import train
+
+    if a.budget % a.samples:
+        raise SystemExit(f"--budget ({a.budget}) must be a multiple of --samples ({a.samples})")
+    setting = f"{a.real}_{a.noise}{int(round(100 * a.noise_rate))}_b{a.budget}"
+    base = TrainConfig(dataset=a.real, noise=a.noise, noise_rate=a.noise_rate, epochs=a.epochs,
+                       decay_start=int(round(0.4 * a.epochs)), progress=False)
+    rows, t_all = {}, {}
+    clock = {"s": 0.0, "calls": []}  # the searchers' own time (ask + tell), timed around the base methods
+
+    def timed(fn):
+        def wrapper(*args, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                clock["calls"].append(time.perf_counter() - t0)
+        return wrapper
+
+    search.Searcher.ask = timed(search.Searcher.ask)
+    search.Searcher.tell = timed(search.Searcher.tell)
+    for seed in a.search_seeds:
+        d = os.path.join(a.out, setting, f"seed{seed}")
+        for algo in a.algos:
+            hb = algo == "hyperband"
+            cfg = search_run.SearchConfig(base.replace(seed=seed), algo=algo, space="s2e",
+                                          iterations=10_000 if hb else a.budget // a.samples, samples=a.samples,
+                                          out=d, max_cost=a.budget if hb else None)
+            t0 = time.time()
+            clock["calls"] = []
+            summ = search_run.run(cfg)
+            t_all.setdefault(algo, []).append(time.time() - t0)
+            overhead = float(np.sum(clock["calls"]))
+            recs = [json.loads(line) for line in open(os.path.join(d, algo, "trials.jsonl"))]
+            train_s = sum(r["seconds"] for r in recs)
+            retrain = []
+            for rs in a.retrain_seeds:
+                out = os.path.join(d, algo, f"retrain_seed{rs}")
+                if os.path.exists(os.path.join(out, "summary.json")):
+                    res = json.load(open(os.path.join(out, "summary.json")))
+                else:
+                    res = train(base.replace(seed=rs, schedule=os.path.join(d, algo, "best_schedule.json"), out=out)).summary
+                retrain.append(res["final_test_acc"])
+            rows.setdefault(algo, []).append(dict(best_val=summ["best_val_acc"], retrain=retrain,
+                                                  train_s=train_s, trainings=summ["trainings"],
+                                                  overhead=overhead, wall=t_all[algo][-1]))
+            print(f"{setting} seed {seed} {algo}: best val {summ['best_val_acc']:.4f}, retrained test "
+                  f"{np.mean(retrain):.4f}", flush=True)
+    cot = []
+    for rs in a.retrain_seeds:
+        out = os.path.join(a.out, setting, f"eq1_seed{rs}")
+        if os.path.exists(os.path.join(out, "summary.json")):
+            res = json.load(open(os.path.join(out, "summary.json")))
+        else:
+            res = train(base.replace(seed=rs, method="coteaching", out=out)).summary
+        cot.append(res["final_test_acc"])
+    cmd = "python experiments/search_efficiency.py " + " ".join(sys.argv[1:])
+    lines = [f"# Search with real trainings: {a.real}, {a.noise} {a.noise_rate:.0%}, {a.epochs} epochs, "
+             f"budget {a.budget} trainings (K = {a.samples})\n",
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, `{cmd}`\n",
+             f"Search seeds {a.search_seeds}; the best schedule of each search retrained on seeds "
+             f"{a.retrain_seeds} (test accuracy at the last epoch, mean over retrain seeds, then over "
+             "search seeds). Eq. (1): Co-teaching's fixed schedule on the same seeds.\n",
+             "Searcher time: ask + tell (sampling, estimates, surrogate; the first call compiles), summed "
+             "over the search, and its share of the search's wall time (a resumed search's trainings are "
+             "not rerun, so its wall time is short and the share meaningless).\n",
+             "| algo | best val acc (mean ± std over search seeds) | retrained test acc | vs eq. (1) | "
+             "wall s per search | trainings' s | searcher s (share) |", "|---|---|---|---|---|---|---|"]
+    c = float(np.mean(cot))
+    for algo, rs in rows.items():
+        bv = np.asarray([r["best_val"] for r in rs])
+        rt = np.asarray([np.mean(r["retrain"]) for r in rs])
+        lines.append(f"| {algo} | {100 * bv.mean():.2f} ± {100 * bv.std():.2f} | {100 * rt.mean():.2f} ± "
+                     f"{100 * rt.std():.2f} | {100 * (rt.mean() - c):+.2f} | {np.mean(t_all[algo]):.0f} | "
+                     f"{np.mean([r['train_s'] for r in rs]):.0f} | {np.mean([r['overhead'] for r in rs]):.1f} "
+                     f"({100 * np.mean([r['overhead'] / r['wall'] for r in rs]):.1f}%) |")
+    lines.append(f"| eq. (1) fixed | – | {100 * c:.2f} ± {100 * np.std(cot):.2f} | 0 | – | – | – |")
+    with open(os.path.join(a.out, f"real_{setting}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""A cheap surrogate of the search objective on the curve R_x(t), for the default S2E search.
+
+The objective of a schedule search depends on a point x only through its curve R_x(t) (Algorithm 1
+uses nothing else), and many x give nearly the same curve (the S2E space is sloppy). The surrogate is
+therefore a Gaussian process on curve features, ``z(x) = R_x(t)`` at ``n_points`` epochs spread over
+0..T−1, fitted to every evaluation so far:
+
+* target: ``y = log(f − min f + ε)`` standardized (the log puts the resolution near the best values),
+  ε = :data:`EPS_FRACTION` · (median f − min f) (plus a floor) so that the best point is no outlier;
+* kernel: RBF, ``k(z, z') = exp(−|z − z'|² / (2 ℓ²))`` on the standardized target (signal variance 1),
+  plus a noise variance σ²; ℓ and σ² by maximum marginal likelihood on a small grid (ℓ relative to
+  the median distance between the observed curves);
+* prediction: posterior mean and standard deviation (in the standardized target's units).
+
+Everything is numpy float64 and deterministic given the data (so a resumed search refits the same
+surrogate). :func:`kl_divergence` (KL between two Dirichlet × Beta distributions, the trust region of
+the default step) lives here as well.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+import scipy.special
+
+from s2e_jax import relaxation
+from s2e_jax.config import ConfigError
+
+EPS_FRACTION = 0.05
+LENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)          # × the median pairwise curve distance
+NOISE_GRID = (1e-4, 1e-3, 1e-2, 0.05, 0.2)         # σ² in units of the standardized target's variance
+
+
+def _one_blas_thread():
+    """A context with one BLAS thread: the GP's matrices (n ≤ a few hundred) are far slower on a
+    threaded OpenBLAS when the cores are busy. threadpoolctl comes with scikit-learn; without it, a no-op."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+# ---------------------------------------------------------------- curve features
+@functools.lru_cache(maxsize=32)
+def _curve_fn(space, T: int, n_points: int):
+    ts = jnp.asarray(np.linspace(0.0, T - 1.0, n_points), jnp.float32)
+
+    def one(x):
+        params = space.decode(x, T)
+        return jax.vmap(lambda t: space.rate(t, params, T))(ts)
+
+    return jax.jit(jax.vmap(one))
+
+
+def curve_features(space, xs, T: int, n_points: int = 20) -> np.ndarray:
+    """``[n, n_points]``: R_x(t) of each row of ``xs`` at ``n_points`` epochs evenly spread over 0..T−1."""
+    xs = np.asarray(xs, np.float32)
+    if xs.ndim != 2 or xs.shape[1] != space.dim:
+        raise ConfigError(f"xs: expected shape [n, {space.dim}], got {xs.shape}")
+    return np.asarray(_curve_fn(space, int(T), int(n_points))(jnp.asarray(xs)), np.float64)
+
+
+# ---------------------------------------------------------------- Gaussian process
+def transform(fs) -> np.ndarray:
+    """``log(f − min f + ε)``, standardized; ε = EPS_FRACTION · (median f − min f) with a floor."""
+    fs = np.asarray(fs, np.float64)
+    lo = fs.min()
+    spread = float(np.median(fs) - lo)
+    eps = EPS_FRACTION * spread if spread > 0 else 1.0
+    eps = max(eps, 1e-12 * max(1.0, abs(lo)))
+    y = np.log(fs - lo + eps)
+    sd = y.std()
+    return (y - y.mean()) / (sd if sd > 0 else 1.0)
+
+
+def _sqdist(A, B):
+    d = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * A @ B.T
+    return np.maximum(d, 0.0)
+
+
+class GP(NamedTuple):
+    Z: np.ndarray          # [n, d] training features
+    chol: np.ndarray       # lower Cholesky factor of K + σ²I
+    alpha: np.ndarray      # (K + σ²I)⁻¹ y
+    length: float
+    noise: float
+    log_ml: float
+
+
+def _fit_one(D2, y, length, noise):
+    K = np.exp(-0.5 * D2 / length ** 2) + (noise + 1e-8) * np.eye(len(y))
+    try:
+        c = scipy.linalg.cholesky(K, lower=True)
+    except np.linalg.LinAlgError:
+        return None
+    a = scipy.linalg.cho_solve((c, True), y)
+    log_ml = -0.5 * y @ a - np.log(np.diag(c)).sum() - 0.5 * len(y) * np.log(2 * np.pi)
+    return c, a, float(log_ml)
+
+
+def fit(Z, y) -> GP:
+    with _one_blas_thread():
+        return _fit(Z, y)
+
+
+def _fit(Z, y) -> GP:
+    """The GP with the grid's (ℓ, σ²) of largest marginal likelihood for features ``Z [n, d]`` and a
+    standardized target ``y [n]``."""
+    Z = np.asarray(Z, np.float64)
+    y = np.asarray(y, np.float64)
+    if Z.ndim != 2 or len(Z) != len(y) or len(y) < 1:
+        raise ConfigError(f"surrogate: need features [n, d] and n targets, got {Z.shape} and {y.shape}")
+    D2 = _sqdist(Z, Z)
+    off = np.sqrt(D2[np.triu_indices(len(Z), 1)])
+    med = float(np.median(off[off > 0])) if np.any(off > 0) else 1.0
+    best = None
+    for lf in LENGTH_GRID:
+        for noise in NOISE_GRID:
+            r = _fit_one(D2, y, lf * med, noise)
+            if r is not None and (best is None or r[2] > best.log_ml):
+                best = GP(Z, r[0], r[1], lf * med, noise, r[2])
+    if best is None:
+        raise ConfigError("surrogate: no kernel of the grid gives a positive-definite covariance")
+    return best
+
+
+def predict(gp: GP, Zs, return_sd: bool = True):
+    """Posterior mean (and standard deviation) of the standardized target at features ``Zs [m, d]``."""
+    with _one_blas_thread():
+        return _predict(gp, Zs, return_sd)
+
+
+def _predict(gp, Zs, return_sd):
+    Ks = np.exp(-0.5 * _sqdist(np.asarray(Zs, np.float64), gp.Z) / gp.length ** 2)
+    mean = Ks @ gp.alpha
+    if not return_sd:
+        return mean
+    v = scipy.linalg.solve_triangular(gp.chol, Ks.T, lower=True)
+    var = np.maximum(1.0 - (v * v).sum(0), 1e-12)
+    return mean, np.sqrt(var)
+
+
+# ---------------------------------------------------------------- trust region
+def _kl_dirichlet(a, b):
+    # KL(Dir(a) ‖ Dir(b)) = log Γ(Σa) − Σ log Γ(a_i) − log Γ(Σb) + Σ log Γ(b_i) + Σ (a_i − b_i)(ψ(a_i) − ψ(Σa))
+    gl, dg = scipy.special.gammaln, scipy.special.digamma
+    a0, b0 = a.sum(-1), b.sum(-1)
+    return (gl(a0) - gl(a).sum(-1) - gl(b0) + gl(b).sum(-1)
+            + ((a - b) * (dg(a) - dg(a0)[..., None])).sum(-1))
+
+
+def kl_divergence(theta_p, theta_q, space) -> float:
+    """KL(p_θp ‖ p_θq) between two Dirichlet × Beta distributions of ``space`` (a sum over the
+    independent factors; a Beta(a, b) is a two-component Dirichlet)."""
+    S, B = relaxation.sizes(space)
+    p = np.asarray(theta_p, np.float64)
+    q = np.asarray(theta_q, np.float64)
+    total = 0.0
+    if S:
+        total += float(_kl_dirichlet(p[:S], q[:S]))
+    if B:
+        total += float(_kl_dirichlet(p[S:].reshape(B, 2), q[S:].reshape(B, 2)).sum())
+    return total
