@@ -23,7 +23,7 @@ the file the MNIST rows are skipped with a message.
 
     python experiments/label_issues_bench.py                       # digits (3 seeds) + MNIST (1 seed)
     python experiments/label_issues_bench.py --datasets digits --seeds 0
-    python experiments/label_issues_bench.py --table-only          # re-render results/label_issues/table.md
+    python experiments/label_issues_bench.py --table-only          # print the table of rows.jsonl again
 
 Each finished setting is appended to ``results/label_issues/rows.jsonl`` (a rerun skips settings
 already there), and the table is rewritten after each one.
@@ -256,7 +256,7 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(REPO, "results", "label_issues"))
     p.add_argument("--dump", default=None, help="also save each run's report columns, true noise mask and "
                    "cleanlab's held-out probabilities here (.npz)")
-    p.add_argument("--table-only", action="store_true", help="only render table.md from rows.jsonl")
+    p.add_argument("--table-only", action="store_true", help="only print the table of rows.jsonl (table.md is left as the last run wrote it)")
     args = p.parse_args(argv)
     command = "python experiments/label_issues_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     os.makedirs(args.out, exist_ok=True)
@@ -303,7 +303,7 @@ def main(argv=None):
                           f"(AUROC {r['cleanlab']['auroc']:.3f}, {r['cleanlab']['seconds']:.1f} s) "
                           f"[{time.time() - t0:.0f} s]", flush=True)
                     write_table()
-    text = write_table()
+    text = render(rows, command.strip()) if args.table_only and rows else write_table()
     print(text if text else "no rows yet")
 
 

@@ -153,7 +153,18 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--search-seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--retrain-seeds", nargs="+", type=int, default=[100, 101, 102])
+    p.add_argument("--tag", default="", help="with --real: a suffix of the setting's folder and table")
+    p.add_argument("--seed-noise", nargs="*", default=None, metavar="SCHEDULE_JSON",
+                   help="with --real: train eq. (1) and these best_schedule.json files on one noisy data set "
+                        "(noise seed 0) with --retrain-seeds as training seeds: f's seed noise")
+    p.add_argument("--overhead", default=None, metavar="TRIALS_JSONL",
+                   help="time the default searcher's ask + tell per iteration at --samples K over --budget "
+                        "trainings (synthetic f, same code path) against the mean training time in this file")
     a = p.parse_args(argv)
+    if a.overhead:
+        return overhead(a)
+    if a.real and a.seed_noise is not None:
+        return seed_noise(a)
     if a.real:
         return real(a)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -261,6 +272,75 @@ def report(a, tg, tag):
     print("\n".join(lines))
 
 
+def overhead(a):
+    """The default searcher's own time per iteration (after the process's one-off compilation) against
+    the trainings of one iteration, as measured in a search's trials.jsonl."""
+    recs = [json.loads(line) for line in open(a.overhead)]
+    train_s = float(np.mean([r["seconds"] for r in recs]))
+    obj = Objective(targets()["dip_rise"])
+    rows = []
+    for seed in a.search_seeds:
+        s = search.make_searcher("newton", SPACE, samples=a.samples, seed=seed, epochs=T)
+        per = []
+        t_first = None
+        while s.cost < a.budget:
+            t0 = time.perf_counter()
+            xs, _ = s.ask()
+            fs = obj(xs)
+            t1 = time.perf_counter()
+            s.tell(xs, fs)
+            dt = (t1 - t0) + (time.perf_counter() - t1)
+            if t_first is None:
+                t_first = dt
+            else:
+                per.append(dt)
+        rows.append((seed, t_first, float(np.mean(per)), float(np.max(per))))
+    cmd = "python experiments/search_efficiency.py " + " ".join(sys.argv[1:])
+    it_train = a.samples * train_s
+    lines = [f"# Overhead of the default searcher (newton): K = {a.samples}, {a.budget} trainings\n",
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, `{cmd}`\n",
+             f"Mean training time in {a.overhead}: {train_s:.2f} s, so {it_train:.1f} s of trainings per "
+             "iteration. Searcher time per iteration = ask + tell (the objective here is a synthetic f of "
+             "negligible cost); the first iteration of a process includes JAX's compilations.\n",
+             "| search seed | first iteration s | later iterations: mean s | max s | share of an iteration (mean) |",
+             "|---|---|---|---|---|"]
+    for seed, first, mean, mx in rows:
+        lines.append(f"| {seed} | {first:.2f} | {mean:.3f} | {mx:.3f} | {100 * mean / (mean + it_train):.2f}% |")
+    with open(os.path.join(a.out, f"overhead_newton_K{a.samples}_b{a.budget}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def seed_noise(a):
+    """The spread of the validation/test accuracy of fixed schedules over training seeds, data fixed."""
+    from s2e_jax.config import TrainConfig
+    from s2e_jax.train import train
+
+    base = TrainConfig(dataset=a.real, noise=a.noise, noise_rate=a.noise_rate, epochs=a.epochs,
+                       decay_start=int(round(0.4 * a.epochs)), progress=False, noise_seed=0)
+    setting = f"{a.real}_{a.noise}{int(round(100 * a.noise_rate))}"
+    cmd = "python experiments/search_efficiency.py " + " ".join(sys.argv[1:])
+    lines = [f"# Seed noise of f: {a.real}, {a.noise} {a.noise_rate:.0%}, {a.epochs} epochs, label noise seed 0, "
+             f"training seeds {a.retrain_seeds}\n",
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, `{cmd}`\n",
+             "| schedule | val acc mean ± std | [min, max] | test acc mean ± std |", "|---|---|---|---|"]
+    for sched in [None] + list(a.seed_noise):
+        vals, tests = [], []
+        for rs in a.retrain_seeds:
+            cfg = base.replace(seed=rs) if sched is None else base.replace(seed=rs, schedule=sched)
+            res = train(cfg).summary
+            vals.append(res["final_val_acc"])
+            tests.append(res["final_test_acc"])
+        v, t = 100 * np.asarray(vals), 100 * np.asarray(tests)
+        name = "eq. (1)" if sched is None else sched
+        lines.append(f"| {name} | {v.mean():.2f} ± {v.std():.2f} | [{v.min():.2f}, {v.max():.2f}] | "
+                     f"{t.mean():.2f} ± {t.std():.2f} |")
+        print(lines[-1], flush=True)
+    with open(os.path.join(a.out, f"seed_noise_{setting}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def real(a):
     """Searches with real trainings, then the best schedules retrained on fresh seeds against eq. (1)."""
     from s2e_jax import search_run
@@ -269,9 +349,9 @@ def real(a):
 
     if a.budget % a.samples:
         raise SystemExit(f"--budget ({a.budget}) must be a multiple of --samples ({a.samples})")
-    setting = f"{a.real}_{a.noise}{int(round(100 * a.noise_rate))}_b{a.budget}"
+    setting = f"{a.real}_{a.noise}{int(round(100 * a.noise_rate))}_b{a.budget}{a.tag}"
     base = TrainConfig(dataset=a.real, noise=a.noise, noise_rate=a.noise_rate, epochs=a.epochs,
-                       decay_start=int(round(0.4 * a.epochs)), progress=False)
+                       decay_start=int(round(0.4 * a.epochs)), progress=False, checkpoint_every=0)
     rows, t_all = {}, {}
     clock = {"s": 0.0, "calls": []}  # the searchers' own time (ask + tell), timed around the base methods
 

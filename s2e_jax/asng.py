@@ -57,7 +57,7 @@ import optax
 
 from s2e_jax import relaxation, runs, schedules
 from s2e_jax import train as train_lib
-from s2e_jax.config import EXECUTION_FIELDS, ConfigError, TrainConfig, _check_choice, _check_float, _check_int
+from s2e_jax.config import ConfigError, TrainConfig, _check_choice, _check_float, _check_int, identity_dict
 
 ALGO = "asng"
 OBJECTIVES = ("loss", "error")
@@ -334,10 +334,9 @@ _RETRAIN_FILES = ("config.json", "metrics.csv", "summary.json", "curves.png")
 def _identity(cfg: AsngConfig) -> dict:
     d = cfg.to_dict()
     d.pop("out")
-    for k in EXECUTION_FIELDS:
-        d["train"].pop(k, None)   # how it runs, not what it computes
-    if d["train"].get("input_norm") == "standardize":  # the default: runs made before the field match
-        d["train"].pop("input_norm")
+    # what it computes, not how it runs; a field newer than the directory matches while at its default
+    # (precision: always part of an ASNG run's identity)
+    d["train"] = dict(identity_dict(cfg.train), precision=cfg.train.precision)
     return runs.identity_files_by_content(d)
 
 

@@ -11,7 +11,7 @@ A run directory of ``train`` holds::
 
 When to save (:class:`Policy`): every N epochs, or ``"auto"``: whenever the epochs since the last
 save took at least :data:`AUTO_COST_RATIO` times as long as that save (saving then costs at most
-1/AUTO_COST_RATIO of the training's time) and at least :data:`AUTO_MIN_SECONDS`; docs/checkpoints.md
+1/AUTO_COST_RATIO of the training's time) and at least :data:`AUTO_MIN_SECONDS`; docs/performance.md
 has the measured costs.
 """
 from __future__ import annotations
@@ -33,6 +33,13 @@ AUTO_COST_RATIO = 50.0    # "auto": train >= 50x the last save's duration betwee
 AUTO_MIN_SECONDS = 30.0   # "auto": and at least this long
 CHECKPOINT_DIR, MODEL_DIR, MODEL_JSON = "checkpoints", "model", "model.json"
 MODEL_FORMAT = 1
+
+
+def _this_process_only():
+    """orbax options for a save or restore by this process alone (under ``jax.distributed`` only process
+    0 writes a run directory; the other processes do not take part)."""
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
 
 
 def _abstract(tree):
@@ -64,8 +71,10 @@ class TrainingCheckpoints:
 
     def __init__(self, run_root: str, keep: int = KEEP):
         self.path = os.path.abspath(os.path.join(run_root, CHECKPOINT_DIR))
-        opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=True)
+        opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=False,
+                                            multiprocessing_options=_this_process_only())
         try:
+            os.makedirs(self.path, exist_ok=True)
             self.manager = ocp.CheckpointManager(self.path, options=opts)
         except Exception as err:  # noqa: BLE001 (orbax reads the folder's metadata)
             raise ConfigError(f"checkpoint: cannot open {self.path} ({type(err).__name__}: {str(err)[:300]}); "
@@ -106,13 +115,25 @@ class TrainingCheckpoints:
             raise ConfigError(f"checkpoint: cannot restore {where} ({type(err).__name__}: {str(err)[:300]}); "
                               f"it is damaged or from another config: delete that folder to resume from an "
                               f"older checkpoint, or choose another --out") from None
-        if len(rows) != epoch or int(np.asarray(carry.epoch)) != epoch:
+        if len(rows) != epoch or not np.all(np.asarray(carry.epoch) == epoch):  # (K trials: one per trial)
             raise ConfigError(f"checkpoint: {where} is inconsistent ({len(rows)} metric rows, epoch counter "
-                              f"{int(np.asarray(carry.epoch))}); delete that folder or choose another --out")
+                              f"{np.asarray(carry.epoch).tolist()}); delete that folder or choose another --out")
         return carry, rows
 
     def close(self):
         self.manager.close()
+
+
+def continue_from(path: str, carry, epochs: int):
+    """``(checkpoints, carry, rows)`` of a training (or K in one program) to run for ``epochs``: the
+    newest checkpoint under ``path`` when it is of the same schedules and not longer, else ``carry``
+    as given and no rows."""
+    ckpts = TrainingCheckpoints(path)
+    restored = ckpts.restore(carry)
+    if restored is not None and len(restored[1]) <= epochs and np.array_equal(
+            np.asarray(restored[0].sched), np.asarray(carry.sched)):
+        return ckpts, restored[0], restored[1]
+    return ckpts, carry, []
 
 
 # ----------------------------------------------------------------------------------- final networks
@@ -122,8 +143,9 @@ def save_networks(run_root: str, params, batch_stats, meta: dict):
     path = os.path.abspath(os.path.join(run_root, MODEL_DIR))
     if os.path.exists(path):
         shutil.rmtree(path)  # a previous attempt of this same run killed while saving
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(path, dict(params=params, batch_stats=batch_stats))
+    with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as ckpt:
+        # host copies: under jax.distributed orbax would take device arrays for one global array
+        ckpt.save(path, jax.device_get(dict(params=params, batch_stats=batch_stats)))
         ckpt.wait_until_finished()
     save_json(dict(meta, format=MODEL_FORMAT), os.path.join(run_root, MODEL_JSON))
 
@@ -132,7 +154,7 @@ def load_networks(run_root: str, like: dict) -> dict:
     """``{"params", "batch_stats"}`` saved by :func:`save_networks`, shaped like ``like``."""
     path = os.path.abspath(os.path.join(run_root, MODEL_DIR))
     try:
-        with ocp.StandardCheckpointer() as ckpt:
+        with ocp.StandardCheckpointer(multiprocessing_options=_this_process_only()) as ckpt:
             return ckpt.restore(path, _abstract(like))
     except Exception as err:
         raise ConfigError(f"run: cannot read the saved networks in {path} ({type(err).__name__}: "

@@ -33,36 +33,37 @@ def _add_train_args(p: argparse.ArgumentParser):
     p.add_argument("--beta1", type=float, default=d.beta1)
     p.add_argument("--beta1-late", type=float, default=d.beta1_late)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--net-form", default=d.net_form, help="auto | vmap | unroll | fused")
-    p.add_argument("--driver", default=d.driver, help="auto | scan | loop")
-    p.add_argument("--conv-impl", default=d.conv_impl,
-                   help="auto | xla | patches | slices | blockdiag: how convolutions of many networks are computed "
-                        "(s2e_jax/convs.py)")
-    p.add_argument("--pool-s2d", default=d.pool_s2d,
-                   help="auto | on | off: Model 1's conv + 2x2 max-pool as one space-to-depth convolution "
-                        "(auto: where measured faster: on, except inside lax.scan on the CPU with XLA's convolutions "
-                        "and on a GPU with --conv-impl blockdiag or patches)")
-    p.add_argument("--stem-patches", default=d.stem_patches,
-                   help="off | on: Model 1 stores its first layer's space-to-depth patches of every image once "
-                        "(uint8, 6.9x the images of 32x32) so that its first layer is one matmul per step")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    p.add_argument("--precision", default=d.precision,
-                   help="float32 | bfloat16 (bf16 compute on float32 master weights)")
-    p.add_argument("--memory-budget-mib", type=float, default=None,
-                   help="per-device memory for K trials in one program; more are split into waves "
-                        "(default: 90%% of a GPU/TPU's limit; on a CPU half the RAM)")
-    p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (TPU pod, multi-node GPU job): trials "
-                        "are sharded over every process' devices, only process 0 writes files")
-    p.add_argument("--coordinator", default=None,
-                   help="with --distributed, where no cluster manager says: HOST:PORT of process 0")
-    p.add_argument("--num-processes", type=int, default=None, help="with --coordinator: processes in all")
-    p.add_argument("--process-id", type=int, default=None, help="with --coordinator: this process' index")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--checkpoint-every", type=_int_or_auto, default="auto",
                    help="epochs between checkpoints of the training state in the run directory (auto: whenever "
                         "saving costs <= 2%% of the training time; 0: none); the same command on the same --out "
                         "after a kill resumes from the newest one")
+    a = p.add_argument_group("advanced: how it runs (every choice computes the same, to float rounding)")
+    a.add_argument("--net-form", default=d.net_form, help="auto | vmap | unroll | fused")
+    a.add_argument("--driver", default=d.driver, help="auto | scan | loop")
+    a.add_argument("--conv-impl", default=d.conv_impl,
+                   help="auto | xla | patches | slices | blockdiag: how convolutions of many networks are computed "
+                        "(s2e_jax/convs.py)")
+    a.add_argument("--pool-s2d", default=d.pool_s2d,
+                   help="auto | on | off: Model 1's conv + 2x2 max-pool as one space-to-depth convolution "
+                        "(auto: where measured faster: on, except inside lax.scan on the CPU with XLA's convolutions "
+                        "and on a GPU with --conv-impl blockdiag or patches)")
+    a.add_argument("--stem-patches", default=d.stem_patches,
+                   help="off | on: Model 1 stores its first layer's space-to-depth patches of every image once "
+                        "(uint8, 6.9x the images of 32x32) so that its first layer is one matmul per step")
+    a.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    a.add_argument("--precision", default=d.precision,
+                   help="float32 | bfloat16 (bf16 compute on float32 master weights)")
+    a.add_argument("--memory-budget-mib", type=float, default=None,
+                   help="per-device memory for K trials in one program; more are split into waves "
+                        "(default: 90%% of a GPU/TPU's limit; on a CPU half the RAM)")
+    a.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (TPU pod, multi-node GPU job): trials "
+                        "are sharded over every process' devices, only process 0 writes files")
+    a.add_argument("--coordinator", default=None,
+                   help="with --distributed, where no cluster manager says: HOST:PORT of process 0")
+    a.add_argument("--num-processes", type=int, default=None, help="with --coordinator: processes in all")
+    a.add_argument("--process-id", type=int, default=None, help="with --coordinator: this process' index")
 
 
 def _float_or_auto(text: str):

@@ -35,6 +35,9 @@ POOL_S2D = ("auto", "on", "off")
 EXECUTION_FIELDS = ("out", "progress", "checkpoint_every", "net_form", "driver", "conv_impl", "pool_s2d", "stem_patches", "eval_batch_size",
                     "memory_budget_mib")
 STEM_PATCHES = ("off", "on")
+# TrainConfig fields newer than some saved run directories: an identity (search, ASNG, train resume)
+# leaves a field out while it holds its default, so those directories still match
+LATER_FIELDS = ("precision", "input_norm", "tau_warmup_epochs", "tau_estimator")
 
 
 def _fail(field: str, problem: str):
@@ -215,3 +218,15 @@ def write_atomically(path: str, text: str):
 def save_json(obj: Any, path: str):
     """Write JSON atomically (:func:`write_atomically`); an object json cannot write changes nothing."""
     write_atomically(path, json.dumps(obj, indent=2, sort_keys=True))
+
+
+def identity_dict(config: "TrainConfig") -> dict:
+    """``config`` as a resume identity: what it computes (no :data:`EXECUTION_FIELDS`), a
+    :data:`LATER_FIELDS` field left out while it holds its default."""
+    d, defaults = config.to_dict(), TrainConfig().to_dict()
+    for k in EXECUTION_FIELDS:
+        d.pop(k, None)
+    for k in LATER_FIELDS:
+        if d.get(k) == defaults[k]:
+            d.pop(k)
+    return d

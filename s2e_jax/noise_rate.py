@@ -1,8 +1,9 @@
 """Estimate the noise rate from the data (``tau="auto"``): eq. (1)'s tau when no noise rate is given.
 
 A standard network is trained on the noisy labels for ``tau_warmup_epochs`` (the warm-up; with the
-run's optimizer at a constant lr and the run's seed, so the estimate is deterministic given the seed), and its softmax on the
-training images gives the estimate by one of two published estimators (``tau_estimator``):
+run's optimizer at a constant lr and the run's seed, so the estimate is deterministic given the seed),
+and its softmax on the training images gives the estimate by one of two published estimators
+(``tau_estimator``):
 
 * ``anchor`` (Patrini et al. 2017, section 3.1, as F-correction here): the anchor-point estimate T-hat
   of the transition matrix (:func:`s2e_jax.fcorrection.estimate_transition`), and

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from s2e_jax import checkpoint
 from s2e_jax.config import ConfigError
 
 TRIALS = "trials"
@@ -350,8 +351,12 @@ def shared_data(prep, mesh: Mesh):
 
 
 def run_trials(prep, scheds, seeds, epochs: Optional[int] = None, mesh: Optional[Mesh] = None,
-               memory_budget_mib: Optional[float] = None, verbose: bool = True):
+               memory_budget_mib: Optional[float] = None, verbose: bool = True,
+               checkpoint_dir: Optional[str] = None):
     """K trainings (schedules ``scheds`` [K, P], seeds [K]) as one sharded program per wave.
+
+    ``checkpoint_dir`` (one process): each wave saves its state under ``wave_<w>`` as ``train`` does
+    (``config.checkpoint_every``) and resumes from it.
 
     Returns ``(metrics, report)``: ``metrics`` = ``{name: array [K, epochs, ...]}`` (padding dropped),
     ``report`` a :class:`TrialsReport`. ``mesh`` defaults to :func:`trial_mesh` over every device;
@@ -388,10 +393,18 @@ def run_trials(prep, scheds, seeds, epochs: Optional[int] = None, mesh: Optional
         idx = np.arange(w * wave, (w + 1) * wave)
         idx = np.minimum(idx, k - 1)  # padding repeats the last trial; dropped below
         carry = init(_global(net_keys[idx], sh), _global(data_keys[idx], sh), _global(scheds[idx], sh))
-        rows = []
-        for _ in range(epochs):
+        rows, ckpts = [], None
+        if checkpoint_dir and jax.process_count() == 1 and getattr(prep.config, "checkpoint_every", 0) != 0:
+            ckpts, carry, rows = checkpoint.continue_from(os.path.join(checkpoint_dir, f"wave_{w}"), carry, epochs)
+        policy = checkpoint.Policy(getattr(prep.config, "checkpoint_every", 0))
+        for _ in range(len(rows), epochs):
             carry, m = compiled(carry, data)
             rows.append(m)
+            if ckpts and policy.due(len(rows), epochs):
+                rows = [gather(r) for r in rows]
+                policy.saved(ckpts.save(len(rows), carry, rows))
+        if ckpts:
+            ckpts.close()
         host = gather(rows)  # [epochs] of {name: [wave, ...]}
         n_real = min(wave, k - w * wave)
         out.append({name: np.moveaxis(np.stack([r[name] for r in host]), 0, 1)[:n_real] for name in host[0]})

@@ -4,8 +4,8 @@ A run directory is claimed by one process at a time: :meth:`RunDir.create` and :
 take an exclusive ``flock`` on ``<root>/.lock`` (the holder's pid, host, start time and command line
 are written into it). The operating system drops the lock when the process ends, however it ends, so
 a killed run never leaves its directory locked; another process gets a :class:`ConfigError` naming
-the holder. The process that holds a directory may claim it again (each claim is released on its own,
-the lock with the last one, and at exit).
+the holder. The process that holds a directory may claim it again: each claim ends with
+:meth:`RunDir.release` or the deletion of its :class:`RunDir`, the lock with the last one (or at exit).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import shlex
 import socket
 import sys
 import time
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -226,6 +227,8 @@ def _claim(root: str) -> Optional[_Claim]:
 
 
 def _release(c: _Claim, all_claims: bool = False):
+    if c.count <= 0:  # released already (or dropped: its lock file was removed)
+        return
     c.count = 0 if all_claims else c.count - 1
     if c.count > 0:
         return
@@ -288,12 +291,12 @@ def contents(root: str) -> list:
 class RunDir:
     """A run directory. :meth:`create` refuses a directory that already holds files;
     :meth:`open` (resume) reuses one. Both claim it for this process (module docstring) until
-    :meth:`release` or the process' end. Every process may read it; only process 0 creates, claims
-    or writes it (``--distributed``)."""
+    :meth:`release`, the object's deletion or the process' end. Every process may read it; only
+    process 0 creates, claims or writes it (``--distributed``)."""
 
     def __init__(self, root: str, claim: Optional[_Claim] = None):
         self.root = root
-        self._claim = claim
+        self._release = weakref.finalize(self, _release, claim) if claim is not None else None
 
     @classmethod
     def create(cls, root: str) -> "RunDir":
@@ -358,9 +361,8 @@ class RunDir:
 
     def release(self):
         """Give up this object's claim of the directory (the lock goes with the process' last claim)."""
-        c, self._claim = self._claim, None
-        if c is not None and c.count > 0:
-            _release(c)
+        if self._release is not None:
+            self._release()  # once; also when the object is deleted
 
     def __enter__(self):
         return self

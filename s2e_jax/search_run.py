@@ -34,7 +34,7 @@ import numpy as np
 
 from s2e_jax import parallel, runs, schedules, search
 from s2e_jax import train as train_lib
-from s2e_jax.config import EXECUTION_FIELDS, ConfigError, TrainConfig, _check_choice, _check_int
+from s2e_jax.config import ConfigError, TrainConfig, _check_choice, _check_int, identity_dict
 
 OBJECTIVES = ("error", "loss")
 TRIALS = ("auto", "one_program", "sequential")
@@ -76,12 +76,7 @@ class SearchConfig:
 
 def _identity(cfg: SearchConfig) -> dict:
     """What must match to resume into a directory (the data, the noise, the training, the seed)."""
-    t = cfg.train.to_dict()
-    for k in EXECUTION_FIELDS:
-        t.pop(k, None)
-    for k, default in (("precision", "float32"), ("input_norm", "standardize")):
-        if t.get(k) == default:  # the default: directories made before the field match
-            t.pop(k)
+    t = identity_dict(cfg.train)  # a field newer than the directory matches while at its default
     return runs.identity_files_by_content(dict(train=t, space=cfg.space, objective=cfg.objective))
 
 
@@ -131,8 +126,10 @@ class TrainingObjective:
             seeds = [trial_seed(self.cfg.train.seed, ids[i]) for i in group]
             dirs = ([os.path.join(self.checkpoint_root, f"trial_{ids[i]}") for i in group]
                     if self.checkpoint_root and in_sequence else None)
+            batch_dir = (os.path.join(self.checkpoint_root, f"trials_{ids[group[0]]}-{ids[group[-1]]}")
+                         if self.checkpoint_root and not in_sequence and jax.process_count() == 1 else None)
             m = train_lib.train_trials(self.prep, scheds, seeds, epochs=epochs, one_program=one_program,
-                                       checkpoint_dirs=dirs)
+                                       checkpoint_dirs=dirs, batch_checkpoint_dir=batch_dir)
             secs = (time.time() - t0) / len(group)
             for j, i in enumerate(group):
                 rec = self._record(ids[i], xs[i], {k: v[j] for k, v in m.items()}, epochs, secs)
@@ -141,6 +138,8 @@ class TrainingObjective:
                     self.on_result(rec)
                 if dirs and runs.is_writer():
                     shutil.rmtree(dirs[j], ignore_errors=True)
+            if batch_dir and runs.is_writer():
+                shutil.rmtree(batch_dir, ignore_errors=True)
         self.next_trial += len(xs)
         return np.asarray([np.nan if self.cache[t]["f"] is None else self.cache[t]["f"] for t in ids])
 

@@ -6,7 +6,8 @@ therefore a Gaussian process on curve features, ``z(x) = R_x(t)`` at ``n_points`
 0..T−1, fitted to every evaluation so far:
 
 * target: ``y = log(f − min f + ε)`` standardized (the log puts the resolution near the best values),
-  ε = :data:`EPS_FRACTION` · (median f − min f) (plus a floor) so that the best point is no outlier;
+  ε = :data:`EPS_FRACTION` · (median f − min f) (plus a floor), so that the best value — under
+  evaluation noise often the luckiest — is no outlier that the surrogate (and the search) chases;
 * kernel: RBF, ``k(z, z') = exp(−|z − z'|² / (2 ℓ²))`` on the standardized target (signal variance 1),
   plus a noise variance σ²; ℓ and σ² by maximum marginal likelihood on a small grid (ℓ relative to
   the median distance between the observed curves);
@@ -31,7 +32,7 @@ import scipy.special
 from s2e_jax import relaxation
 from s2e_jax.config import ConfigError
 
-EPS_FRACTION = 0.05
+EPS_FRACTION = 1.0
 LENGTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)          # × the median pairwise curve distance
 NOISE_GRID = (1e-4, 1e-3, 1e-2, 0.05, 0.2)         # σ² in units of the standardized target's variance
 
@@ -47,6 +48,9 @@ def _one_blas_thread():
 
 
 # ---------------------------------------------------------------- curve features
+ROWS = 256  # curve features are computed on row counts padded to a multiple of this
+
+
 @functools.lru_cache(maxsize=32)
 def _curve_fn(space, T: int, n_points: int):
     ts = jnp.asarray(np.linspace(0.0, T - 1.0, n_points), jnp.float32)
@@ -63,7 +67,10 @@ def curve_features(space, xs, T: int, n_points: int = 20) -> np.ndarray:
     xs = np.asarray(xs, np.float32)
     if xs.ndim != 2 or xs.shape[1] != space.dim:
         raise ConfigError(f"xs: expected shape [n, {space.dim}], got {xs.shape}")
-    return np.asarray(_curve_fn(space, int(T), int(n_points))(jnp.asarray(xs)), np.float64)
+    n = len(xs)
+    padded = -(-max(n, 1) // ROWS) * ROWS  # a few compiled shapes, whatever the history's length
+    xs = np.concatenate([xs, np.repeat(xs[:1] if n else np.full((1, space.dim), 0.5, np.float32), padded - n, 0)])
+    return np.asarray(_curve_fn(space, int(T), int(n_points))(jnp.asarray(xs)), np.float64)[:n]
 
 
 # ---------------------------------------------------------------- Gaussian process

@@ -673,6 +673,7 @@ def _resumable(config: TrainConfig) -> bool:
     """Whether ``config.out`` holds an unfinished training of this same config (resume it), or is new
     (False); anything else is one ConfigError and nothing is touched."""
     root = config.out
+    runs.RunDir.check_free(root)  # another process holds it: refused before the data is loaded
     if not os.path.isdir(root) or not os.path.exists(os.path.join(root, "config.json")):
         runs.RunDir.check_new(root)
         return False
@@ -740,6 +741,12 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
     prep = prepare(config, dataset)
     # every process checks the directory (runs.RunDir.create); only process 0 writes into it
     run = (runs.RunDir.open(config.out) if resume else runs.RunDir.create(config.out)) if config.out else None
+    if run and resume:
+        try:
+            _resumable(config)  # again, now that this process holds it: another may have finished it meanwhile
+        except ConfigError:
+            run.release()
+            raise
     if run:
         run.write_json("config.json", dict(config.to_dict(), model_resolved=prep.model_name,
                                            net_form=prep.trainer.net_form, driver=prep.trainer.driver,
@@ -749,7 +756,9 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
                                            identity=resume_identity(config), **prep.noise_info))
     carry = init_carry(prep, config.seed)
     rows, start, resumed_from = [], time.time(), 0
-    ckpts = checkpoint.TrainingCheckpoints(run.root) if run and config.checkpoint_every != 0 else None
+    # one process: checkpoints (several processes run the same training; none is saved then)
+    ckpts = (checkpoint.TrainingCheckpoints(run.root) if run and config.checkpoint_every != 0
+             and jax.process_count() == 1 else None)
     if run and resume:
         restored = ckpts.restore(carry) if ckpts else None
         if restored is not None:
@@ -792,7 +801,7 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
 
 def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
                  one_program: Optional[bool] = None, mesh=None, memory_budget_mib: Optional[float] = None,
-                 checkpoint_dirs: Optional[list] = None):
+                 checkpoint_dirs: Optional[list] = None, batch_checkpoint_dir: Optional[str] = None):
     """K trainings (schedules ``scheds`` [K, P], seeds [K]) sharing the device data.
 
     With ``one_program`` (the default on GPU/TPU) the K trainings are one program:
@@ -802,8 +811,9 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
     measurement) one after another with the trainer's own driver; with several processes
     (``--distributed``) each runs its share so (trial i on process i mod P) and the metrics are
     gathered over JAX's collectives. ``checkpoint_dirs`` (one folder per trial; trials in sequence on
-    one process): each training saves its state there as ``train`` does (``config.checkpoint_every``)
-    and resumes from it, so a killed search loses at most the epochs since a trial's last checkpoint.
+    one process) or ``batch_checkpoint_dir`` (the K trials in one program, one process): the trainings
+    save their state there as ``train`` does (``config.checkpoint_every``) and resume from it, so a
+    killed search loses at most the epochs since the last checkpoint.
     Returns per-epoch metrics with a leading trial axis:
     ``{name: array [K, epochs, ...]}``, the same on every process.
     """
@@ -819,7 +829,7 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
         one_program = jax.default_backend() != "cpu"
     if one_program:
         metrics, _ = parallel.run_trials(prep, scheds, seeds, epochs=epochs, mesh=mesh,
-                                         memory_budget_mib=memory_budget_mib)
+                                         memory_budget_mib=memory_budget_mib, checkpoint_dir=batch_checkpoint_dir)
         return metrics
     k, procs, me = len(scheds), jax.process_count(), jax.process_index()
 
@@ -827,11 +837,7 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
         carry, rows = init_carry(prep, int(seeds[i]), scheds[i]), []
         ckpts = None
         if checkpoint_dirs is not None and procs == 1 and prep.config.checkpoint_every != 0:
-            ckpts = checkpoint.TrainingCheckpoints(checkpoint_dirs[i])
-            restored = ckpts.restore(carry)
-            if restored is not None and len(restored[1]) <= epochs and np.array_equal(
-                    np.asarray(restored[0].sched), np.asarray(carry.sched)):  # this trial's schedule
-                carry, rows = restored
+            ckpts, carry, rows = checkpoint.continue_from(checkpoint_dirs[i], carry, epochs)
         policy = checkpoint.Policy(prep.config.checkpoint_every)
         for _ in range(len(rows), epochs):
             carry, m = tr.run_epoch(carry, prep.data)

@@ -92,7 +92,8 @@ def test_two_processes_write_one_training_and_one_asng_run(tmp_path):
     cmd = [sys.executable, "-m", "s2e_jax"]
     run = tmp_path / "train"
     _ok(*_two_processes(cmd + ["train"] + TINY + ["--out", str(run)]))
-    assert sorted(os.listdir(run)) == ["config.json", "curves.png", "metrics.csv", "summary.json"]
+    assert sorted(os.listdir(run)) == ["config.json", "curves.png", "label_issues.csv", "metrics.csv", "model",
+                                      "model.json", "summary.json", "timing.json"]  # no checkpoints with 2 processes
     assert len(_lines(run / "metrics.csv")) == 1 + 2          # header + 2 epochs
     asng = tmp_path / "asng"
     _ok(*_two_processes(cmd + ["asng"] + TINY + ["--out", str(asng)]))

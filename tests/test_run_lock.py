@@ -17,7 +17,7 @@ from s2e_jax.config import ConfigError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
 CLI = [sys.executable, "-m", "s2e_jax"]
-HOLD = ("import sys, time; from s2e_jax import runs; runs.RunDir.open(sys.argv[1]); "
+HOLD = ("import sys, time; from s2e_jax import runs; run = runs.RunDir.open(sys.argv[1]); "
         "print('held', flush=True); time.sleep(600)")
 
 
@@ -97,6 +97,10 @@ def test_the_holder_may_claim_again_and_its_last_release_frees_the_directory(tmp
     with runs.RunDir.open(d) as c:
         assert locked(d) and c.root == d
     assert not locked(d)
+    c = runs.RunDir.open(d)
+    assert locked(d)
+    del c  # a claim nobody can release any more (a finished train() call's) ends with its object
+    assert not locked(d) and os.listdir(d) == []
 
 
 def test_a_stale_lock_file_is_ignored_and_create_checks_again_once_it_holds_the_lock(tmp_path, monkeypatch):

@@ -250,3 +250,59 @@ def test_a_search_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
         return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
                 for line in open(os.path.join(root, "random", "trials.jsonl"))]
     assert trials(tmp_path / "cut") == trials(tmp_path / "ref")
+
+
+@pytest.mark.parametrize("trials", ["sequential", "one_program"])
+def test_a_search_killed_after_a_checkpoint_resumes_from_it(tmp_path, monkeypatch, trials):
+    """Both ways of running a search's trainings (in sequence, K in one program) save checkpoints
+    and resume from them, to the trials of an uninterrupted search."""
+    import dataclasses
+
+    from s2e_jax import search_run
+
+    cfg = search_run.SearchConfig(train=TrainConfig(dataset="digits", epochs=8, checkpoint_every=2, progress=False),
+                                  algo="random", iterations=1, samples=2, out=str(tmp_path / "cut"), trials=trials)
+    search_run.run(dataclasses.replace(cfg, out=str(tmp_path / "ref")))
+    save, restore, saves, restored = (checkpoint.TrainingCheckpoints.save, checkpoint.TrainingCheckpoints.restore,
+                                      [], [])
+
+    def dying_save(self, epochs_done, carry, rows):
+        out = save(self, epochs_done, carry, rows)
+        saves.append(epochs_done)
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # killed right after its second checkpoint (epoch 4 of the first)
+        return out
+
+    monkeypatch.setattr(checkpoint.TrainingCheckpoints, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        search_run.run(cfg)
+    assert saves == [2, 4]
+
+    def recording_restore(self, like):
+        out = restore(self, like)
+        restored.append(None if out is None else len(out[1]))
+        return out
+
+    monkeypatch.setattr(checkpoint.TrainingCheckpoints, "restore", recording_restore)
+    search_run.run(cfg)
+    assert restored[0] == 4
+
+    def trials_of(root):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in open(os.path.join(root, "random", "trials.jsonl"))]
+    assert trials_of(tmp_path / "cut") == trials_of(tmp_path / "ref")
+    assert not os.listdir(tmp_path / "cut" / "random" / "checkpoints")
+
+
+def test_report_issues_prints_the_most_suspect_labels(tmp_path, capsys):
+    from s2e_jax import cli
+
+    out = str(tmp_path / "r")
+    assert cli.main(["train", "--dataset", "digits", "--epochs", "3", "--noise", "pair", "--noise-rate", "0.45",
+                     "--report-issues", "4", "--no-progress", "--out", out]) == 0
+    text = capsys.readouterr().out
+    lines = text.split("the 4 most suspect training labels:\n", 1)[1].strip().splitlines()
+    assert lines[0].split() == ["index", "given", "predicted", "p(given)", "selected", "score"]
+    table = inference.read_label_issues(out)
+    assert [int(line.split()[0]) for line in lines[1:]] == list(table["index"][:4])
+    assert cli.main(["train", "--dataset", "digits", "--epochs", "3", "--report-issues", "-1"]) == 2

@@ -376,17 +376,17 @@ def test_pool_s2d_auto_follows_the_driver_and_the_one_program():
         np.testing.assert_allclose(many[k], seq[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
-def test_tau_must_be_given_where_no_noise_rate_is_set(digits, tmp_path):
-    """eq. (1)'s tau defaults to the synthetic noise rate; with noise none or a label_file there is
-    none, so a schedule method asks for tau instead of silently dropping 50% of each batch."""
-    with pytest.raises(ConfigError, match="tau: .* not set with noise none; give tau"):
-        T.prepare(_cfg(noise="none"), digits)
+def test_tau_is_estimated_where_no_noise_rate_is_set(digits, tmp_path):
+    """With noise none or a label_file, a schedule method estimates eq. (1)'s tau (s2e_jax/noise_rate.py)
+    instead of silently dropping 50% of each batch."""
+    info = T.prepare(_cfg(noise="none"), digits).noise_info
+    assert 0.0 <= info["tau_estimated"] < 0.2 and info["tau_method"].startswith("anchor")
     labels = tmp_path / "labels.npy"
     np.save(labels, digits.y_train)
-    with pytest.raises(ConfigError, match="tau: .* not set with a label_file"):
-        T.prepare(_cfg(label_file=str(labels)), digits)
+    prep = T.prepare(_cfg(label_file=str(labels)), digits)
+    assert float(prep.sched[0]) == pytest.approx(prep.noise_info["tau_estimated"])
     assert float(T.prepare(_cfg(noise="none", tau=0.1), digits).sched[0]) == pytest.approx(0.1)
-    T.prepare(_cfg(noise="none", method="standard"), digits)  # no schedule: nothing to ask
+    assert "tau_estimated" not in T.prepare(_cfg(noise="none", method="standard"), digits).noise_info  # no R(t)
     assert float(T.prepare(_cfg(), digits).sched[0]) == 0.5  # synthetic noise: tau = its rate
 
 
