@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -758,7 +759,7 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
     rows, start, resumed_from = [], time.time(), 0
     # one process: checkpoints (several processes run the same training; none is saved then)
     ckpts = (checkpoint.TrainingCheckpoints(run.root) if run and config.checkpoint_every != 0
-             and jax.process_count() == 1 else None)
+             and jax.process_count() == 1 and parallel.is_main_process() else None)
     if run and resume:
         restored = ckpts.restore(carry) if ckpts else None
         if restored is not None:
@@ -796,6 +797,8 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
         run.write_json("summary.json", {k: v for k, v in summary.items() if k not in TIMING_KEYS})  # last: done
     if ckpts:
         ckpts.close()
+        if parallel.is_main_process():  # a finished run is not resumed: its final networks are in model/
+            shutil.rmtree(ckpts.path, ignore_errors=True)
     return TrainResult(config, metrics, summary, run.root if run else None, carry, prep, report)
 
 

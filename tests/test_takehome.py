@@ -192,25 +192,39 @@ def test_kill_9_twice_then_resume_gives_the_same_files_bit_for_bit(tmp_path):
     assert open(os.path.join(out, "metrics.csv")).read() == before
 
 
-def test_resume_in_process_equals_uninterrupted(tmp_path):
-    """A run directory cut after its checkpoint at epoch 4 (as a kill leaves it: later metric rows,
-    no summary) resumes to the uninterrupted result; a damaged checkpoint is one message."""
+def test_resume_in_process_equals_uninterrupted(tmp_path, monkeypatch):
+    """A training that dies in epoch 7 (checkpoint at epoch 4, metric rows written after it) resumes to
+    the uninterrupted result, its checkpoints removed at the end; a damaged checkpoint is one message."""
+    from s2e_jax import train as train_lib
+
     cfg = TrainConfig(dataset="digits", epochs=8, checkpoint_every=4, progress=False)
     ref = train(cfg.replace(out=str(tmp_path / "ref")))
     out = str(tmp_path / "cut")
-    train(cfg.replace(out=out))
-    for name in ("summary.json", "model.json", "label_issues.csv", "timing.json"):
-        os.remove(os.path.join(out, name))
+    orig, calls = train_lib.Trainer.run_epoch, [0]
+
+    def dying(self, carry, data):
+        calls[0] += 1
+        if calls[0] == 7:
+            raise KeyboardInterrupt
+        return orig(self, carry, data)
+
+    monkeypatch.setattr(train_lib.Trainer, "run_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg.replace(out=out))
+    monkeypatch.undo()
+    assert _metric_rows(out) == 6 and os.listdir(os.path.join(out, "checkpoints")) == ["4"]
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(out, damaged)
     res = train(cfg.replace(out=out))
     assert json.load(open(os.path.join(out, "timing.json")))["resumed_from_epoch"] == 4
     assert open(os.path.join(out, "metrics.csv")).read() == open(os.path.join(ref.run_dir, "metrics.csv")).read()
     assert res.summary["final_test_acc"] == ref.summary["final_test_acc"]
-    os.remove(os.path.join(out, "summary.json"))
-    for root, _dirs, files in os.walk(os.path.join(out, "checkpoints", "4")):
+    assert not os.path.exists(os.path.join(out, "checkpoints"))
+    for root, _dirs, files in os.walk(os.path.join(damaged, "checkpoints", "4")):
         for f in files:
             open(os.path.join(root, f), "wb").write(b"x")
     with pytest.raises(ConfigError, match="checkpoint: cannot (open|restore) .*checkpoints"):
-        train(cfg.replace(out=out))
+        train(cfg.replace(out=damaged))
 
 
 def test_a_search_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
