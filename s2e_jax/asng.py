@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from s2e_jax import relaxation, runs, schedules
+from s2e_jax import parallel, plots, relaxation, runs, schedules
 from s2e_jax import train as train_lib
 from s2e_jax.config import ConfigError, TrainConfig, _check_choice, _check_float, _check_int, identity_dict
 
@@ -380,8 +380,6 @@ def _open_out(cfg: AsngConfig):
         if foreign:
             raise ConfigError(f"out: {out} holds an unfinished ASNG run and other files "
                               f"({', '.join(foreign)}); choose another --out (nothing was overwritten)")
-    from s2e_jax import parallel
-
     parallel.barrier(f"s2e_jax.asng:{out}")
     if runs.is_writer():
         for n in names - {"retrain"}:           # only this module's own files (checked above)
@@ -394,8 +392,6 @@ def _open_out(cfg: AsngConfig):
 
 
 def _plot_schedule(path, curve, used, epochs, noise_rate):
-    from s2e_jax import plots
-
     plt = plots.plt
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.plot(plots._coteaching_curve(epochs, noise_rate), "k--", label="Co-teaching (eq. 1)")

@@ -15,8 +15,6 @@ outliers); ``argmax`` takes the plain argmax (their eq. 9).
 """
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,38 +71,3 @@ def predict_proba(trainer, carry, data, x) -> np.ndarray:
     """Softmax of each network on uint8 inputs ``x`` (``data.x_*``: images, or Model 1's stored
     patches; eval mode): [N, n, C] (:meth:`s2e_jax.train.Trainer.predict_proba`)."""
     return trainer.predict_proba(carry, data, x)
-
-
-def transition_for(config, ds):
-    """``(T, info)`` of an F-correction run on the (already noisy) data set ``ds``.
-
-    ``config.transition_matrix`` given: T is read from it. Otherwise a standard network is trained on
-    the same noisy labels for ``fcorr_warmup_epochs`` (default: ``epochs``) with the same optimizer
-    and seed (the core's :func:`s2e_jax.train.train`), and T is estimated from its softmax on the
-    training images. ``info`` records the estimator and, for synthetic noise, the mean absolute
-    error of T against the true matrix.
-    """
-    if config.transition_matrix is not None:
-        return load_transition(config.transition_matrix, ds.num_classes), dict(fcorr_transition="file")
-    from s2e_jax import train as train_lib
-
-    epochs = config.epochs if config.fcorr_warmup_epochs is None else config.fcorr_warmup_epochs
-    warm_cfg = config.replace(method="standard", noise="none", label_file=None, schedule=None, out=None,
-                              epochs=epochs, transition_matrix=None, fcorr_warmup_epochs=None)
-    start = time.time()
-    res = train_lib.train(warm_cfg, dataset=ds)  # ds already carries the noisy labels
-    prep = res.prepared
-    probs = predict_proba(prep.trainer, res.carry, prep.data, prep.data.x_train)[0]
-    if not np.isfinite(probs).all():  # a diverged warm-up network: its T would make every loss NaN
-        raise ConfigError(f"fcorrection: the warm-up network ({epochs} epochs of standard training) diverged "
-                          f"(non-finite softmax; final test accuracy {res.summary['final_test_acc']:.4f}), so T "
-                          f"cannot be estimated from it; give transition_matrix (--transition-matrix), "
-                          f"a smaller lr or other fcorr_warmup_epochs")
-    t = estimate_transition(probs, config.fcorr_estimator)
-    info = dict(fcorr_transition=f"estimated ({config.fcorr_estimator}, {epochs} warm-up epochs)",
-                fcorr_warmup_seconds=float(time.time() - start),
-                fcorr_warmup_test_acc=res.summary["final_test_acc"])
-    if config.label_file is None:
-        true_t = noise_lib.transition_matrix(config.noise, config.noise_rate, ds.num_classes)
-        info["fcorr_transition_mae"] = float(np.abs(t - true_t).mean())
-    return t, info

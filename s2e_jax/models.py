@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from s2e_jax.config import ConfigError
 from s2e_jax.convs import (blockdiag_conv, conv_max_pool, materialized, patches_conv, patches_max_pool, slices_conv,
                            space_to_depth_patches)
 
@@ -122,8 +123,6 @@ def _check_spatial(x: jnp.ndarray, size: int, model: str) -> None:
     """Raise ConfigError when a feature map is smaller than ``size`` x ``size`` (a VALID conv's
     kernel, or 1 before flattening): the images are too small for this network."""
     if x.shape[1] < size or x.shape[2] < size:
-        from s2e_jax.config import ConfigError
-
         raise ConfigError(
             f"model: {model} needs larger images; a {size}x{size} layer got a "
             f"{x.shape[1]}x{x.shape[2]} feature map"
@@ -205,8 +204,6 @@ class ConvPool(nn.Module):
         if self.from_patches:
             taps = 4 * (k // 2 + 1) ** 2  # patch features per input channel
             if ci % taps or ci == 0:
-                from s2e_jax.config import ConfigError
-
                 raise ConfigError(f"stem_patches: the network takes its first layer's patches "
                                   f"(models.model_input), {taps} features per channel; got an input of "
                                   f"{x.shape[-1]} channels, shape {tuple(x.shape)} (images?)")
@@ -475,8 +472,6 @@ def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: 
     on XLA's CPU backend with XLA's convolutions: :func:`s2e_jax.train.resolve_pool_s2d`).
     ``materialize``: None = on XLA's CPU backend only (measured there). ``stem_patches`` (Model 1
     only): the network takes its first layer's patches, not images (:func:`model_input`)."""
-    from s2e_jax.config import ConfigError
-
     key = str(name).strip().lower()
     if key not in MODEL_NAMES:
         raise ConfigError(f"model: unknown model {name!r} (expected {', '.join(MODEL_NAMES)})")
@@ -509,8 +504,6 @@ def default_model(dataset_name: str, num_channels: int | None = None) -> str:
     if key in known:
         return known[key]
     if num_channels is None:
-        from s2e_jax.config import ConfigError
-
         raise ConfigError(
             f"model: no default model for dataset {dataset_name!r} without its channel count; "
             f"choose one of {', '.join(MODEL_NAMES)}"

@@ -18,11 +18,10 @@ Which one is the default, and why, is measured in ``docs/noise_rate.md``.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from s2e_jax.config import TAU_ESTIMATORS, ConfigError
+from s2e_jax.fcorrection import estimate_transition
 
 _EPS = 1e-12
 # tau_warmup_epochs "auto": the fewest epochs of at least this many optimizer steps (measured on digits
@@ -98,8 +97,6 @@ def gmm_noise_rate(losses) -> float:
 def anchor_noise_rate(probs, noisy_labels, num_classes: int, estimator: str = "percentile97") -> float:
     """tau-hat = 1 - sum_i pi_i T-hat_ii: T-hat the anchor-point transition estimate from the noisy
     posteriors ``probs`` [n, C] (Patrini et al. 2017, eq. 9), pi the noisy-label prior."""
-    from s2e_jax.fcorrection import estimate_transition
-
     t = estimate_transition(probs, estimator)
     prior = np.bincount(np.asarray(noisy_labels), minlength=num_classes) / len(noisy_labels)
     return float(1.0 - (prior * np.diag(t)).sum())
@@ -121,30 +118,3 @@ def estimate_from_probs(probs, noisy_labels, num_classes: int, estimator: str) -
     else:
         tau = anchor_noise_rate(probs, noisy_labels, num_classes)
     return float(np.clip(tau, 0.0, 0.99))
-
-
-def estimate_for(config, ds):
-    """``(tau_hat, info)`` for a run on the (already noisy) data set ``ds``: a standard network trained
-    :func:`warmup_epochs` epochs on the noisy labels with the run's optimizer (its lr, constant) and seed, then
-    :func:`estimate_from_probs` on its softmax on the training images. ``info`` holds what goes into
-    config.json and summary.json."""
-    from s2e_jax import fcorrection
-    from s2e_jax import train as train_lib
-
-    epochs = warmup_epochs(config, len(ds.y_train))
-    warm_cfg = config.replace(method="standard", noise="none", label_file=None, schedule=None, out=None,
-                              epochs=epochs, decay_start=epochs, tau=None, transition_matrix=None,
-                              fcorr_warmup_epochs=None, progress=False)  # constant lr: no decay in the warm-up
-    start = time.time()
-    res = train_lib.train(warm_cfg, dataset=ds)  # ds already carries the noisy labels
-    prep = res.prepared
-    probs = fcorrection.predict_proba(prep.trainer, res.carry, prep.data, prep.data.x_train)[0]
-    if not np.isfinite(probs).all():
-        raise ConfigError(f"tau: the warm-up network ({epochs} epochs of standard training) that estimates the "
-                          f"noise rate diverged (non-finite softmax); give tau (--tau), a smaller lr or other "
-                          f"tau_warmup_epochs")
-    tau = estimate_from_probs(probs, ds.y_train, ds.num_classes, config.tau_estimator)
-    info = dict(tau_estimated=tau, tau_method=f"{config.tau_estimator} ({epochs} warm-up epochs)",
-                tau_warmup_seconds=float(time.time() - start),
-                tau_warmup_test_acc=float(res.summary["final_test_acc"]))
-    return tau, info

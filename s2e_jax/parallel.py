@@ -41,6 +41,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from s2e_jax import checkpoint
+from s2e_jax.trainer import init_compiler_options, one_program_trainer, seed_keys
 from s2e_jax.config import ConfigError
 
 TRIALS = "trials"
@@ -228,8 +229,6 @@ def _init_program(tr, mesh, progs, x_shape):
     key = tuple(x_shape.shape)
     if key not in progs["init"]:
         local = jax.vmap(lambda nk, dk, s: tr._init(nk, dk, s, x_shape))
-        from s2e_jax.train import init_compiler_options
-
         progs["init"][key] = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(TRIALS),) * 3,
                                                    out_specs=P(TRIALS), check_vma=False),
                                      compiler_options=init_compiler_options())
@@ -325,8 +324,6 @@ def _abstract_carry(tr, mesh, progs, n, x_shape, num_sched):
 def _keys(seeds, num_nets):
     """``(net_keys [K, N, 2], data_keys [K, 2])`` of the seeds, as ``train.seed_keys`` gives them;
     one jitted call for all K (seeds < 2**32), not a few small dispatches per seed."""
-    from s2e_jax.train import seed_keys
-
     if all(0 <= int(s) < 2**32 for s in seeds):
         nk, dk = _many_keys(np.asarray([int(s) for s in seeds], np.uint32), num_nets)
         return np.asarray(nk), np.asarray(dk)
@@ -336,8 +333,6 @@ def _keys(seeds, num_nets):
 
 @functools.partial(jax.jit, static_argnums=1)
 def _many_keys(seeds, num_nets):
-    from s2e_jax.train import seed_keys
-
     return jax.vmap(lambda s: seed_keys(s, num_nets))(seeds)
 
 
@@ -363,8 +358,6 @@ def run_trials(prep, scheds, seeds, epochs: Optional[int] = None, mesh: Optional
     ``memory_budget_mib`` to ``prep.config.memory_budget_mib`` then :func:`memory_budget`'s defaults.
     """
     t_start = time.perf_counter()
-    from s2e_jax.train import one_program_trainer
-
     tr = one_program_trainer(prep)
     epochs = tr.epochs if epochs is None else int(epochs)
     if epochs < 1:

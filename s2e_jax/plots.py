@@ -1,11 +1,16 @@
 """The figures, written as PNG files (matplotlib, Agg backend)."""
 from __future__ import annotations
 
+import json
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from s2e_jax.runs import read_jsonl  # noqa: E402
 
 
 def plot_curves(metrics: dict, path: str, title: str = ""):
@@ -40,11 +45,6 @@ def plot_search_dir(root: str, epochs: int, noise_rate: float):
     """Figures 4 and 6 for every algorithm searched into ``root``: ``schedule.png`` (the best R(t)
     against Co-teaching's eq. (1)) and ``search_efficiency.png`` (best validation accuracy so far
     against the number of trainings)."""
-    import json
-    import os
-
-    from s2e_jax.runs import read_jsonl
-
     algos = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "trials.jsonl")))
     fig4, ax4 = plt.subplots(figsize=(5.5, 3.8))
     ax4.plot(_coteaching_curve(epochs, noise_rate), "k--", label="Co-teaching (eq. 1)")

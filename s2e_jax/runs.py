@@ -25,13 +25,12 @@ from typing import Optional
 
 import numpy as np
 
+from s2e_jax import parallel
 from s2e_jax.config import ConfigError, save_json, write_atomically
 
 
 def is_writer() -> bool:
     """Only process 0 writes files (``--distributed``: every process runs, one writes)."""
-    from s2e_jax import parallel
-
     return parallel.is_main_process()
 
 
@@ -302,8 +301,6 @@ class RunDir:
     def create(cls, root: str) -> "RunDir":
         """A new run directory. Every process checks it (all refuse the same one; several processes
         need a shared file system, as resuming does) before process 0 creates and claims it."""
-        from s2e_jax import parallel
-
         cls.check_new(root)
         parallel.barrier(f"s2e_jax.runs.create:{root}")
         claim = None

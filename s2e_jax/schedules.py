@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2e_jax.config import ConfigError
+from s2e_jax.config import ConfigError, save_json
 
 R_MIN = 0.01  # the authors' release caps the forget rate at 0.99
 
@@ -233,8 +233,6 @@ def get_space(name: str, ranges=DEFAULT_RANGES) -> Space:
 
 def save_schedule_file(path: str, space: Space, x, epochs: int, **extra):
     """Write a searched schedule (``best_schedule.json``) that ``train --schedule`` reuses."""
-    from s2e_jax.config import save_json
-
     x = np.asarray(x, np.float64)
     save_json(dict(space=space.name, x=x.tolist(), epochs=int(epochs),
                    curve=space.curve(x, epochs).tolist(), **extra), path)

@@ -32,7 +32,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from s2e_jax import parallel, runs, schedules, search
+from s2e_jax import parallel, plots, runs, schedules, search
 from s2e_jax import train as train_lib
 from s2e_jax.config import ConfigError, TrainConfig, _check_choice, _check_int, identity_dict
 
@@ -356,8 +356,6 @@ def _finish(cfg, searcher, space, algo_dir, root, cache):
         if x is not None:
             schedules.save_schedule_file(algo_dir.path("best_schedule.json"), space, x, cfg.train.epochs,
                                          algo=cfg.algo, f=float(f))
-        from s2e_jax import plots
-
         plots.plot_search_dir(root.root, cfg.train.epochs, cfg.train.noise_rate)
     return summary
 

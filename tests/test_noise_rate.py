@@ -122,10 +122,10 @@ def test_schedule_of_refuses_an_unresolved_auto():
 def test_estimate_on_symmetric_noise_of_known_rate_is_close_and_deterministic(digits):
     cfg = _cfg(noise="symmetric", noise_rate=0.3, tau_warmup_epochs="auto", batch_size=128, seed=0)
     noisy, is_clean = data_lib.apply_noise(digits, "symmetric", 0.3, seed=0)
-    tau, info = NR.estimate_for(cfg, noisy)
+    tau, info = T.estimate_tau(cfg, noisy)
     assert abs(tau - (1.0 - is_clean.mean())) <= 0.05
     assert info["tau_estimated"] == tau and info["tau_method"] == "anchor (15 warm-up epochs)"
-    assert NR.estimate_for(cfg, noisy)[0] == tau  # deterministic given the seed
+    assert T.estimate_tau(cfg, noisy)[0] == tau  # deterministic given the seed
 
 
 def test_coteaching_with_tau_auto_records_the_estimate(digits, tmp_path):

@@ -61,3 +61,46 @@ def test_installed_package_runs_the_readme_commands_outside_the_repository(tmp_p
     where, nets = out.split()
     assert not where.startswith(ROOT) and nets == "2"
     assert len(open(work / "preds.csv").read().splitlines()) == 1 + 360
+
+
+def _package_imports():
+    """``{module: {(imported module, at top level)}}`` of the package's own imports."""
+    import ast
+
+    pkg = os.path.join(ROOT, "s2e_jax")
+    mods = {f[:-3] for f in os.listdir(pkg) if f.endswith(".py")}
+    out = {}
+    for m in mods:
+        tree = ast.parse(open(os.path.join(pkg, m + ".py")).read())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "s2e_jax":
+                names = [a.name for a in node.names] if node.module == "s2e_jax" else [node.module.split(".")[1]]
+                found |= {(n, node in tree.body) for n in names if n in mods}
+            elif isinstance(node, ast.Import):
+                found |= {(a.name.split(".")[1], node in tree.body) for a in node.names
+                          if a.name.startswith("s2e_jax.") and a.name.split(".")[1] in mods}
+        out[m] = found
+    return out
+
+
+def test_the_import_graph_has_no_cycle_and_no_import_hidden_in_a_function():
+    imports = _package_imports()
+    # the entry point imports lazily so that XLA's flags are set before JAX starts (xla_cpu.configure);
+    # the package's __init__ so that ``import s2e_jax`` does not import JAX (PEP 562 ``load``)
+    hidden = {m: sorted(n for n, top in v if not top) for m, v in imports.items() if m not in ("cli", "__init__")}
+    assert not any(hidden.values()), hidden
+    graph = {m: {n for n, _ in v} for m, v in imports.items()}
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for n in graph[m]:
+            assert state.get(n) != "open", f"import cycle: {' -> '.join(path + [n])}"
+            if n not in state:
+                visit(n, path + [n])
+        state[m] = "done"
+
+    for m in graph:
+        if m not in state:
+            visit(m, [m])

@@ -15,6 +15,7 @@ import pytest
 from s2e_jax import data as data_lib
 from s2e_jax import parallel, runs
 from s2e_jax import train as T
+from s2e_jax import trainer as trainer_lib
 from s2e_jax.cli import main
 from s2e_jax.config import ConfigError, TrainConfig
 
@@ -239,7 +240,7 @@ def test_bfloat16_reaches_every_convolution_of_model1(pool_s2d):
     v16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), v)
 
     def fwd(v_, x_):
-        with nn.intercept_methods(T._bf16_interceptor):
+        with nn.intercept_methods(trainer_lib._bf16_interceptor):
             return model.apply(v_, x_)
 
     convs_ = [ln for ln in str(jax.make_jaxpr(fwd)(v16, x)).splitlines() if "conv_general_dilated[" in ln]

@@ -437,12 +437,13 @@ def test_gp_surrogate_interpolates_and_is_unsure_far_from_data():
 
 
 def test_default_newton_steps_stay_in_the_kl_trust_region_and_explore():
+    from s2e_jax import surrogate
+
     s = search.make_searcher("newton", S2E, samples=6, seed=0, epochs=T, kl_max=0.3)
     for _ in range(4):
         old = s.theta.copy()
         xs, _ = s.ask()
         s.tell(xs, synthetic(xs))
-        from s2e_jax import surrogate
         assert len(s.last_step["kl"]) == 2 and max(s.last_step["kl"]) <= 0.3 + 1e-9
         assert surrogate.kl_divergence(s.theta, old, S2E) > 0
     # after the first batch, half of each batch are the surrogate's lowest confidence bounds, the rest
