@@ -376,11 +376,8 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
     epochs = tr.epochs if epochs is None else epochs
     scheds = np.asarray(scheds, np.float32)
     if one_program is None:
-        # measured (experiments/bench_trials.py, 2-core CPU, YNNPACK): K vmapped MLP trainings ran at
-        # ~0.6-0.9x of the same K one after another (XLA already uses both cores for one); vmapped
-        # Model 1 at 0.07-0.19x (conv nets inside lax.scan, grouped-convolution kernel gradients),
-        # 0.66-0.93x since it computes them as slices x kernel with pool_s2d there (default_conv_impl);
-        # so one program is the default on GPU/TPU only, also with several processes
+        # one program on GPU/TPU only, also with several processes: on the CPU K trainings one after
+        # another were faster (docs/performance.md, "Execution defaults")
         one_program = jax.default_backend() != "cpu"
     if one_program:
         metrics, _ = parallel.run_trials(prep, scheds, seeds, epochs=epochs, mesh=mesh,

@@ -124,14 +124,12 @@ def _bf16_interceptor(next_fun, args, kwargs, context):
 
 
 def init_compiler_options() -> Optional[dict]:
-    """XLA options of the programs that initialize networks (they run once per training).
-
-    On the CPU, LLVM's optimization of the threefry code of a network's random init is most of its
-    compile time (measured, 2-core CPU: MLP 2.6 -> 0.6 s, Model 1 7.8 -> 1.1 s, Model 2 ~15 s before)
-    while the program then runs in milliseconds either way; so it is compiled at optimization level 0.
-    Values differ from an optimized compile by float32 rounding (~4e-9 absolute); every path (one
-    training, K trials in one program) uses these options, so all of them start from identical
-    networks. Elsewhere (GPU/TPU) XLA's defaults."""
+    """XLA options of the programs that initialize networks (they run once per training): on the
+    CPU optimization level 0, where LLVM's optimization of the random init's threefry code is most of
+    the compile time and the program runs in milliseconds either way (docs/performance.md, "Execution
+    defaults"). Values differ from an optimized compile by float32 rounding; every path (one training,
+    K trials in one program) uses these options, so all start from identical networks. Elsewhere
+    (GPU/TPU) XLA's defaults."""
     return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
 
 
@@ -439,12 +437,10 @@ class Trainer:
 
 # ----------------------------------------------------------------------------------- one call
 def default_execution(model_name: str, backend: Optional[str] = None):
-    """``(net_form, driver)`` chosen by measurement (experiments/bench_train.py).
-
-    On XLA's CPU backend conv nets run fastest unrolled with the first convolution fused and driven
-    by a Python loop of jitted steps (a conv net inside ``lax.scan`` hits jax-ml/jax#12868); the MLP
-    and every model on GPU/TPU run vmapped inside one ``lax.scan`` per epoch (H200, Model 1: vmap
-    2,936, fused 2,832, unroll 2,354 steps/s; experiments/gpu_h200/log.txt).
+    """``(net_form, driver)`` by backend and model, as measured (docs/performance.md, "Execution
+    defaults"): on XLA's CPU backend conv nets run unrolled with the first convolution fused and a
+    Python loop of jitted steps (a conv net inside ``lax.scan`` hits jax-ml/jax#12868); the MLP and
+    every model on GPU/TPU run vmapped inside one ``lax.scan`` per epoch.
     """
     backend = backend or jax.default_backend()
     if backend == "cpu" and model_name != "mlp":
@@ -455,21 +451,11 @@ def default_execution(model_name: str, backend: Optional[str] = None):
 def default_conv_impl(backend: Optional[str] = None, driver: Optional[str] = None,
                       model_name: Optional[str] = None, net_form: Optional[str] = None) -> str:
     """How convolutions are computed by default (``models.CONV_IMPLS``; ``TrainConfig.conv_impl``
-    "auto"), chosen by measurement (experiments/bench_trials.py ``--conv-impls``, bench_conv_parts.py):
-    XLA's own convolution, except for Model 1 vmapped inside ``lax.scan`` (the ``vmap`` form with the
-    ``scan`` driver: K trials in one program everywhere, and a single training on GPUs/TPUs), where
-    ``slices`` (patches x kernel, no convolution) is used, with ``pool_s2d`` (:func:`resolve_pool_s2d`):
-    - XLA's CPU backend: its convolutions inside ``lax.scan`` take a slow path (jax-ml/jax#12868);
-      slices ran 1.5-1.7x (1 trial) and 3.8-4.0x (4 trials) faster, 7-13x with pool_s2d
-      (experiments/cpu_model1/slices.md; fused/unroll inside scan not measured, so left as they were).
-      With the CPU's ``loop`` driver slices was slower (1.21x PyTorch; XLA's convolution 1.57-1.59x).
-    - an H100 (experiments/gpu_h100/trials/table.md, 2 epochs of 200 steps): trainings/s of the one
-      program, xla / xla+s2d / slices+s2d / blockdiag / blockdiag+s2d: K = 1 6.67 / 8.59 / 9.35 / 8.80
-      / 10.1, K = 8 13.3 / 16.9 / 23.8 / 21.1 / 17.9; slices+s2d is the best at K = 8 and within 8% of
-      the best at K = 1. XLA's grouped convolutions (vmap over the networks' kernels) were what held
-      Model 1's trials back on GPUs (README, "Benchmarks on a GPU").
-    ``patches`` measured slower on an H200 and on the CPU; ``blockdiag`` slower on the CPU. Models 2
-    and 3 keep XLA's convolution (slices not measured for them on a GPU)."""
+    "auto"), as measured (docs/performance.md, "Execution defaults"): XLA's own convolution, except for
+    Model 1 vmapped inside ``lax.scan`` (the ``vmap`` form with the ``scan`` driver: K trials in one
+    program everywhere, and a single training on GPUs/TPUs), where ``slices`` (patches x kernel, no
+    convolution) is used, with ``pool_s2d`` (:func:`resolve_pool_s2d`). The same rule on every backend
+    measured (CPU, H100)."""
     del backend  # the same rule on every backend measured (CPU, H100)
     if driver == "scan" and net_form == "vmap" and model_name == "model1":
         return "slices"
@@ -479,17 +465,8 @@ def default_conv_impl(backend: Optional[str] = None, driver: Optional[str] = Non
 def resolve_pool_s2d(setting: str, driver: str, backend: Optional[str] = None, conv_impl: str = "xla") -> bool:
     """``TrainConfig.pool_s2d`` -> Model 1's ``pool_s2d`` (each conv + pool as one space-to-depth
     convolution, :func:`s2e_jax.convs.conv_max_pool`): "on" / "off" as said; "auto" where measured
-    faster, i.e. everywhere but inside ``lax.scan`` on XLA's CPU backend with XLA's convolutions
-    (there it took the CPU's slow path, 1.4-3x slower than without):
-    - with ``conv_impl`` "slices" (what "auto" picks for Model 1 vmapped inside ``lax.scan``): CPU
-      3.5-4x faster than slices alone, 7-13x XLA's convolutions inside ``lax.scan``
-      (experiments/cpu_model1/slices.md); H100 1.47x at K = 1, 2.1x at K = 8
-      (experiments/gpu_h100/trials/table.md);
-    - on XLA's CPU backend with the ``loop`` driver: 1.5x (experiments/cpu_model1/);
-    - on a GPU with XLA's convolutions: H100 1.29x for one training (vmap/scan,
-      experiments/gpu_h100/train/bench_train.md), 1.29x / 1.27x for 1 / 8 trials in one program.
-    Off on a GPU with ``blockdiag`` (H100: 1.15x at K = 1 but 0.85x at K = 8) and ``patches`` (not
-    measured with it)."""
+    faster (docs/performance.md, "Execution defaults"): everywhere but inside ``lax.scan`` on XLA's CPU
+    backend with XLA's convolutions, and on a GPU with ``blockdiag`` or ``patches``."""
     if setting != "auto":
         return setting == "on"
     return models_lib.auto_pool_s2d(conv_impl, driver, backend)
