@@ -290,6 +290,9 @@ def _run(cfg: SearchConfig, dataset, root) -> dict:
         return _finish(cfg, searcher, space, algo_dir, root, cache)
 
     prep = train_lib.prepare(cfg.train, dataset, rate=space.rate)
+    if algo_dir is not None:  # what "auto" resolved to for this search's trainings
+        one_program = dict(auto=jax.default_backend() != "cpu", one_program=True, sequential=False)[cfg.trials]
+        algo_dir.write_json("execution.json", train_lib.execution_plan(prep, one_program))
 
     def on_result(rec):
         rec = dict(rec, iteration=searcher.iteration, algo=cfg.algo)

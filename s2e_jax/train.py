@@ -260,6 +260,17 @@ def _rewrite_metrics(run, rows):
         os.remove(run.path("metrics.csv"))
 
 
+def execution_plan(prep: Prepared, one_program: bool) -> dict:
+    """How the trainings of ``prep`` run, resolved (no "auto"): written into every run directory."""
+    tr = one_program_trainer(prep) if one_program else prep.trainer
+    return dict(backend=jax.default_backend(), devices=jax.device_count(), processes=jax.process_count(),
+                trials="one_program" if one_program else "sequential",
+                net_form="vmap" if one_program else tr.net_form, driver="scan" if one_program else tr.driver,
+                conv_impl=getattr(tr.model, "conv_impl", None), pool_s2d=getattr(tr.model, "pool_s2d", None),
+                stem_patches=bool(getattr(tr.model, "stem_patches", False)), precision=tr.precision,
+                eval_batch_size=tr.eval_batch_size)
+
+
 def model_description(prep: Prepared, image_shape) -> dict:
     """What :func:`s2e_jax.inference.load` needs to rebuild the networks (``model.json``)."""
     m, c = prep.trainer.model, int(image_shape[-1])

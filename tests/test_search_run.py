@@ -43,6 +43,8 @@ def test_search_writes_its_run_dir_and_resumes_after_a_crash(tmp_path, small_dig
         assert (tmp_path / "ref" / "newton" / name).exists(), name
     for name in ("schedule.png", "search_efficiency.png", "search_config.json"):
         assert (tmp_path / "ref" / name).exists(), name
+    plan = json.loads((tmp_path / "ref" / "newton" / "execution.json").read_text())  # "auto" resolved
+    assert plan["trials"] == "sequential" and plan["backend"] == "cpu" and "auto" not in plan.values()
     recs = _trials(tmp_path / "ref")
     assert len(recs) == 6 and all(len(r["curve"]) == 3 and r["curve"][0] == 1.0 for r in recs)
 
