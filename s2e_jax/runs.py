@@ -208,7 +208,7 @@ def _claim(root: str) -> Optional[_Claim]:
         except ConfigError:
             os.close(fd)
             raise
-        except OSError as err:  # a file system without locks: run unlocked, as before
+        except OSError as err:  # a file system without locks: run unlocked
             os.close(fd)
             print(f"warning: cannot lock {path} ({err.strerror}); nothing keeps another run out of {root}",
                   file=sys.stderr)

@@ -163,9 +163,8 @@ def _second_is_refused(cmd, d, first):
     assert "Traceback" not in second.stderr and second.stderr.strip().splitlines()[-1].startswith("error: out:")
 
 
-def test_the_same_train_started_twice_at_once_trains_once(tmp_path):
-    d = tmp_path / "train"
-    cmd = CLI + ["train", "--dataset", "digits", "--epochs", "30", "--no-progress", "--out", str(d)]
+def _first_runs_second_is_refused(cmd, d):
+    """Start ``cmd``; once it holds ``d``, the same command again is refused; the first then ends well."""
     first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_lock(d, first)
@@ -176,6 +175,12 @@ def test_the_same_train_started_twice_at_once_trains_once(tmp_path):
             first.kill()
             first.wait()
     assert first.returncode == 0, err
+
+
+def test_the_same_train_started_twice_at_once_trains_once(tmp_path):
+    d = tmp_path / "train"
+    cmd = CLI + ["train", "--dataset", "digits", "--epochs", "30", "--no-progress", "--out", str(d)]
+    _first_runs_second_is_refused(cmd, d)
     lines = (d / "metrics.csv").read_text().splitlines()
     assert len(lines) == 1 + 30 and [ln.split(",")[0] for ln in lines[1:]] == [str(i) for i in range(30)]
     assert not (d / runs.LOCK_NAME).exists()  # removed at the normal end of the process
@@ -186,16 +191,7 @@ def test_the_same_search_started_twice_at_once_runs_each_trial_once(tmp_path):
     cmd = CLI + ["search", "--dataset", "digits", "--noise", "pair", "--noise-rate", "0.45", "--algo", "random",
                  "--iterations", "2", "--samples", "2", "--epochs", "2", "--batch-size", "128", "--seed", "0",
                  "--no-progress", "--out", str(d)]
-    first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_lock(d, first)
-        _second_is_refused(cmd, d, first)
-        _, err = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-    assert first.returncode == 0, err
+    _first_runs_second_is_refused(cmd, d)
     trials = [json.loads(line)["trial"] for line in (d / "random" / "trials.jsonl").read_text().splitlines()]
     assert trials == list(range(4))
     assert not (d / runs.LOCK_NAME).exists()
