@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from s2e_jax import parallel, plots, relaxation, runs, schedules
+from s2e_jax import drivers, parallel, plots, relaxation, runs, schedules
 from s2e_jax import train as train_lib
 from s2e_jax.config import ConfigError, TrainConfig, _check_choice, _check_float, _check_int, identity_dict
 
@@ -223,11 +223,12 @@ class Extra(NamedTuple):
 
 
 class AsngTrainer:
-    """ASNG's alternating w/θ epoch on top of a Co-teaching :class:`s2e_jax.train.Trainer`.
+    """ASNG's alternating w/θ epoch on top of a Co-teaching :class:`s2e_jax.trainer.Trainer`.
 
-    Uses the trainer's jitted pieces (``_begin`` for lr/β₁/permutation, ``loss`` for Algorithm 1's
-    step, ``tx`` (Adam), ``forward``, ``_accumulate`` and ``_end`` for the per-epoch metrics); the
-    epoch is one ``lax.scan`` (driver ``scan``) or a Python loop of jitted steps (``loop``).
+    Uses the trainer's public pieces (:meth:`~s2e_jax.trainer.Trainer.begin_epoch` for lr/β₁/permutation,
+    ``loss`` for Algorithm 1's step, ``tx`` (Adam), ``forward``, ``accumulate``, ``end_epoch`` and
+    ``evaluate`` for the per-epoch metrics); the epoch is run by the trainer's driver
+    (:mod:`s2e_jax.drivers`: one ``lax.scan``, or a Python loop of jitted steps).
     """
 
     def __init__(self, trainer: train_lib.Trainer, space, cfg: AsngConfig, n_val: int):
@@ -235,12 +236,20 @@ class AsngTrainer:
         self.S, self.B = relaxation.sizes(space)
         vb = cfg.val_batch_size if cfg.val_batch_size is not None else trainer.batch_size
         self.val_batch = int(min(vb, n_val))
-        self.epoch_fn = jax.jit(self._epoch)
-        self.step_fn = jax.jit(self._step)
-        self.end_fn = jax.jit(self._end_extra, static_argnames="evaluate")
+        self.runner = drivers.epoch_runner(trainer.driver, self.begin, self.step, self.end, self.evaluate,
+                                           trainer.steps_per_epoch)
 
-    # ------------------------------------------------------------------ one step (steps 1-5 above)
-    def _step(self, carry, th, acc, ex, batches, k_steps, i, data):
+    # ------------------------------------------------------------------ the epoch's pieces (s2e_jax.drivers)
+    def begin(self, state, data):
+        carry, th = state
+        (carry, acc), ctx = self.tr.begin_epoch(carry, data)
+        z = jnp.zeros((), jnp.float32)
+        return (carry, th, acc, Extra(z, z, z)), ctx
+
+    def step(self, state, ctx, i, data):
+        """Steps 1-5 above on mini-batch ``i``."""
+        carry, th, acc, ex = state
+        batches, k_steps, _, _ = ctx
         tr, cfg, space = self.tr, self.cfg, self.space
         T = tr.epochs
         key = jax.random.fold_in(k_steps, i)                     # the step's key (dropout), as Trainer
@@ -278,18 +287,15 @@ class AsngTrainer:
         carry = carry._replace(params=optax.apply_updates(carry.params, upd), batch_stats=bs,
                                opt_state=opt_state)
         stats = (per_net.mean(0), kept.sum(-1).mean(0), (kept * cleanb[None, None]).sum(-1).mean(0))
-        acc = tr._accumulate(acc, stats)
+        acc = tr.accumulate(acc, stats)
         ex = Extra(ex.r + rs.mean(), ex.f + jnp.nanmean(fs), ex.steps + 1)
         return carry, th, acc, ex
 
-    def _zeros(self):
-        z = jnp.zeros((), jnp.float32)
-        return train_lib._zeros_acc(self.tr.num_nets), Extra(z, z, z)
-
-    def _end_extra(self, carry, th, acc, ex, lr, data, evaluate=True):
+    def end(self, state, ctx, data):
+        carry_before, th, acc, ex = state
+        batches, k_steps, _, lr = ctx
         r_used = ex.r / ex.steps
-        carry_before = carry
-        carry, metrics = self.tr._end(carry, acc, r_used, lr, data, evaluate=evaluate)
+        carry, metrics = self.tr.end_epoch((carry_before, acc), (batches, k_steps, r_used, lr), data)
         T = self.tr.epochs
         x_mean = relaxation.mean(th.theta, self.space)
         metrics["r_theta_mean"] = self.space.rate(carry_before.epoch.astype(jnp.float32),
@@ -298,35 +304,19 @@ class AsngTrainer:
         metrics["delta"] = self.cfg.delta_init / th.Delta
         metrics["theta_updates"] = th.updates
         metrics["theta_skipped"] = th.skipped
-        return carry, metrics
+        return (carry, th), metrics
 
-    def _epoch(self, carry, th, data):
-        carry, batches, k_steps, _, lr = self.tr._begin(carry, data)
-
-        def body(state, i):
-            return self._step(*state, batches, k_steps, i, data), None
-
-        acc, ex = self._zeros()
-        (carry, th, acc, ex), _ = jax.lax.scan(body, (carry, th, acc, ex), jnp.arange(self.tr.steps_per_epoch))
-        carry, metrics = self._end_extra(carry, th, acc, ex, lr, data)
-        return carry, th, metrics
+    def evaluate(self, state, data, in_jit=True):
+        return self.tr.evaluate(state[0], data, in_jit)
 
     def run_epoch(self, carry, th, data):
         """One epoch (all its w and θ updates); returns ``(carry, theta_state, metrics)``."""
-        if self.tr.driver == "scan":
-            return self.epoch_fn(carry, th, data)
-        carry, batches, k_steps, _, lr = self.tr.begin_fn(carry, data)
-        acc, ex = self._zeros()
-        for i in self.tr.step_ids:
-            carry, th, acc, ex = self.step_fn(carry, th, acc, ex, batches, k_steps, i, data)
-        carry, metrics = self.end_fn(carry, th, acc, ex, lr, data, evaluate=False)
-        for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
-            metrics[f"{split}_acc"], metrics[f"{split}_loss"] = self.tr._evaluate(carry, x, y, data, False)
+        (carry, th), metrics = self.runner((carry, th), data)
         return carry, th, metrics
 
 
 # ====================================================================== the run
-_OWN_FILES = ("asng_config.json", "metrics.csv", "theta.jsonl", "best_schedule.json", "schedule.png",
+_OWN_FILES = ("asng_config.json", "execution.json", "metrics.csv", "theta.jsonl", "best_schedule.json", "schedule.png",
               "result.json")
 _RETRAIN_FILES = ("config.json", "metrics.csv", "summary.json", "curves.png")
 
@@ -336,7 +326,7 @@ def _identity(cfg: AsngConfig) -> dict:
     d.pop("out")
     # what it computes, not how it runs; a field newer than the directory matches while at its default
     # (precision: always part of an ASNG run's identity)
-    d["train"] = dict(identity_dict(cfg.train), precision=cfg.train.precision)
+    d["train"] = dict(identity_dict(cfg.train), precision=cfg.train.execution.precision)
     return runs.identity_files_by_content(d)
 
 
@@ -436,6 +426,8 @@ def _run(cfg: AsngConfig, dataset) -> dict:
         root.write_json("asng_config.json", dict(identity=_identity(cfg), config=cfg.to_dict()))
 
     prep = train_lib.prepare(cfg.train.replace(out=None), dataset, rate=space.rate)
+    if root is not None:
+        root.write_json("execution.json", train_lib.execution_record(prep))
     at = AsngTrainer(prep.trainer, space, cfg, int(prep.data.y_val.shape[0]))
     th = init_theta_state(space, cfg.theta_min)
     x0 = np.asarray(relaxation.mean(th.theta, space), np.float32)
@@ -446,7 +438,7 @@ def _run(cfg: AsngConfig, dataset) -> dict:
     bar = runs.progress(T, "epochs", enabled=cfg.train.progress, desc="asng")
     for epoch in range(T):
         carry, th, m = at.run_epoch(carry, th, prep.data)
-        row = train_lib._host(m)
+        row = train_lib.to_host(m)
         rows.append(row)
         th_host = jax.device_get(th)
         if root:
@@ -460,7 +452,7 @@ def _run(cfg: AsngConfig, dataset) -> dict:
                    delta=float(row["delta"]))
     bar.close()
     seconds = time.time() - start
-    metrics = train_lib._stack_epochs(rows)
+    metrics = train_lib.stack_epochs(rows)
     shared = train_lib.summarize(metrics, prep.noise_info, seconds)
     theta = np.asarray(jax.device_get(th.theta), np.float64)
     x = np.asarray(relaxation.mean(theta, space), np.float64)

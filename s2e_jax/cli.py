@@ -11,7 +11,8 @@ import json
 import sys
 from typing import Optional
 
-from s2e_jax.config import METHODS, NOISES, ConfigError, TrainConfig
+from s2e_jax.config import (CONV_IMPLS, DRIVERS, FCORR_ESTIMATORS, METHODS, NET_FORMS, NOISES, POOL_S2D, PRECISIONS,
+                             TAU_ESTIMATORS, ConfigError, ExecutionConfig, TrainConfig)
 
 
 def _add_train_args(p: argparse.ArgumentParser):
@@ -34,27 +35,25 @@ def _add_train_args(p: argparse.ArgumentParser):
     p.add_argument("--beta1-late", type=float, default=d.beta1_late)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--checkpoint-every", type=_int_or_auto, default="auto",
+    p.add_argument("--checkpoint-every", type=_int_or_auto, default=d.checkpoint_every,
                    help="epochs between checkpoints of the training state in the run directory (auto: whenever "
                         "saving costs <= 2%% of the training time; 0: none); the same command on the same --out "
                         "after a kill resumes from the newest one")
-    a = p.add_argument_group("advanced: how it runs (every choice computes the same, to float rounding)")
-    a.add_argument("--net-form", default=d.net_form, help="auto | vmap | unroll | fused")
-    a.add_argument("--driver", default=d.driver, help="auto | scan | loop")
-    a.add_argument("--conv-impl", default=d.conv_impl,
-                   help="auto | xla | patches | slices | blockdiag: how convolutions of many networks are computed "
-                        "(s2e_jax/convs.py)")
-    a.add_argument("--pool-s2d", default=d.pool_s2d,
-                   help="auto | on | off: Model 1's conv + 2x2 max-pool as one space-to-depth convolution "
-                        "(auto: where measured faster: on, except inside lax.scan on the CPU with XLA's convolutions "
-                        "and on a GPU with --conv-impl blockdiag or patches)")
-    a.add_argument("--stem-patches", default=d.stem_patches,
-                   help="off | on: Model 1 stores its first layer's space-to-depth patches of every image once "
-                        "(uint8, 6.9x the images of 32x32) so that its first layer is one matmul per step")
-    a.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    a.add_argument("--precision", default=d.precision,
-                   help="float32 | bfloat16 (bf16 compute on float32 master weights)")
-    a.add_argument("--memory-budget-mib", type=float, default=None,
+    e = ExecutionConfig()
+    a = p.add_argument_group("advanced: how it runs (every choice computes the same, to float rounding; auto: "
+                             "the execution plan, docs/performance.md)")
+    a.add_argument("--net-form", default=e.net_form, choices=NET_FORMS,
+                   help="the network axis: vmap, or fused (a Python loop, the first layers as one)")
+    a.add_argument("--driver", default=e.driver, choices=DRIVERS,
+                   help="an epoch: scan (one jitted lax.scan) or loop (a Python loop of jitted steps)")
+    a.add_argument("--conv-impl", default=e.conv_impl, choices=CONV_IMPLS,
+                   help="convolutions: XLA's, or slices (patches x kernel, s2e_jax/convs.py)")
+    a.add_argument("--pool-s2d", default=e.pool_s2d, choices=POOL_S2D,
+                   help="Model 1's conv + 2x2 max-pool as one space-to-depth convolution")
+    a.add_argument("--eval-batch-size", type=int, default=e.eval_batch_size)
+    a.add_argument("--precision", default=e.precision, choices=PRECISIONS,
+                   help="bfloat16: bf16 compute on float32 master weights")
+    a.add_argument("--memory-budget-mib", type=float, default=e.memory_budget_mib,
                    help="per-device memory for K trials in one program; more are split into waves "
                         "(default: 90%% of a GPU/TPU's limit; on a CPU half the RAM)")
     a.add_argument("--distributed", action="store_true",
@@ -83,9 +82,11 @@ def _int_or_auto(text: str):
 
 
 def _config_from(args, cls=TrainConfig, **extra):
-    names = {f.name for f in dataclasses.fields(cls)}
+    """``cls`` (TrainConfig) from the parsed arguments; the advanced group is its ``execution``."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"execution"}
     kw = {k: v for k, v in vars(args).items() if k in names}
-    return cls(progress=not args.no_progress, **kw, **extra)
+    ex = {f.name: getattr(args, f.name) for f in dataclasses.fields(ExecutionConfig) if hasattr(args, f.name)}
+    return cls(progress=not args.no_progress, execution=ExecutionConfig(**ex), **kw, **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,25 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="one training (Algorithm 1)")
     _add_train_args(t)
-    t.add_argument("--method", default="coteaching", help=" | ".join(METHODS))
-    t.add_argument("--tau", type=_float_or_auto, default=None,
+    d = TrainConfig()
+    t.add_argument("--method", default=d.method, choices=METHODS)
+    t.add_argument("--tau", type=_float_or_auto, default=d.tau,
                    help="eq. (1) tau, or auto: estimated from the noisy data (docs/noise_rate.md) (default: the "
                         "noise rate; auto with --noise none or --label-file)")
-    t.add_argument("--tau-warmup-epochs", type=_int_or_auto, default="auto",
+    t.add_argument("--tau-warmup-epochs", type=_int_or_auto, default=d.tau_warmup_epochs,
                    help="--tau auto: epochs of the standard network that estimates the noise rate (auto: by the "
                         "steps per epoch)")
-    t.add_argument("--tau-estimator", default="anchor", help="--tau auto: anchor | gmm_loss")
-    t.add_argument("--t-k", type=float, default=10.0, help="eq. (1) t_k")
-    t.add_argument("--c", type=float, default=1.0, help="eq. (1) c")
-    t.add_argument("--schedule", default=None, help="best_schedule.json from a search")
-    t.add_argument("--init-epochs", type=_int_or_auto, default="auto",
+    t.add_argument("--tau-estimator", default=d.tau_estimator, choices=TAU_ESTIMATORS, help="--tau auto's estimator")
+    t.add_argument("--t-k", type=float, default=d.t_k, help="eq. (1) t_k")
+    t.add_argument("--c", type=float, default=d.c, help="eq. (1) c")
+    t.add_argument("--schedule", default=d.schedule, help="best_schedule.json from a search")
+    t.add_argument("--init-epochs", type=_int_or_auto, default=d.init_epochs,
                    help="coteaching_plus: epochs of plain Co-teaching first (auto: mnist/digits 0, "
                         "cifar10 20, cifar100 5, others 0)")
     t.add_argument("--transition-matrix", default=None,
                    help="fcorrection: .npy of the (C, C) noise transition matrix (default: estimate it)")
-    t.add_argument("--fcorr-warmup-epochs", type=int, default=None,
+    t.add_argument("--fcorr-warmup-epochs", type=int, default=d.fcorr_warmup_epochs,
                    help="fcorrection: epochs of the standard network that estimates T (default: --epochs)")
-    t.add_argument("--fcorr-estimator", default="percentile97", help="fcorrection: percentile97 | argmax")
+    t.add_argument("--fcorr-estimator", default=d.fcorr_estimator, choices=FCORR_ESTIMATORS, help="fcorrection's T")
     t.add_argument("--out", default=None, help="run directory (must not exist or be empty, or hold an unfinished "
                                                 "training of the same config: it resumes)")
     t.add_argument("--report-issues", type=int, default=0, metavar="K",
@@ -124,19 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", default="test", help="train | val | test (the halves train uses) | all_test")
     pr.add_argument("--net", type=int, default=None, help="one network (0-based) instead of their mean")
     pr.add_argument("--out", required=True, help="CSV to write: index, prediction, one probability per class")
-    _add_search_parser(sub)
-    from s2e_jax import asng
+    from s2e_jax import asng, search_run
 
+    search_run.add_parser(sub, _add_train_args)
     asng.add_parser(sub, _add_train_args)
     return parser
-
-
-def _add_search_parser(sub):
-    try:
-        from s2e_jax import search_run
-    except ImportError:  # the search is optional until its module lands
-        return
-    search_run.add_parser(sub, _add_train_args)
 
 
 def _predict(args):

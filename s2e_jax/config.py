@@ -18,23 +18,23 @@ class ConfigError(ValueError):
 
 NOISES = ("none", "symmetric", "pair")
 METHODS = ("standard", "coteaching", "coteaching_plus", "mentornet", "decoupling", "fcorrection", "reweight")
-IMPLEMENTED_METHODS = METHODS
 # Co-teaching+'s epochs of plain Co-teaching first (Yu et al. 2019's released code: init_epoch)
 INIT_EPOCHS = {"mnist": 0, "digits": 0, "cifar10": 20, "cifar100": 5}
 FCORR_ESTIMATORS = ("percentile97", "argmax")
 TAU_ESTIMATORS = ("anchor", "gmm_loss")  # tau="auto": s2e_jax/noise_rate.py
 MODELS = ("auto", "mlp", "model1", "model2", "model3")
-NET_FORMS = ("auto", "vmap", "unroll", "fused")
+# how a training runs (ExecutionConfig; resolved by s2e_jax/execution.py): equal results to float rounding
+NET_FORMS = ("auto", "vmap", "fused")
 DRIVERS = ("auto", "scan", "loop")
+CONV_IMPLS = ("auto", "xla", "slices")
+POOL_S2D = ("auto", "on", "off")
 PRECISIONS = ("float32", "bfloat16")
 INPUT_NORMS = ("standardize", "unit")
-CONV_IMPLS = ("auto", "xla", "patches", "slices", "blockdiag")
-POOL_S2D = ("auto", "on", "off")
-# TrainConfig fields that say how a training runs, not what it computes (equal results to float
-# rounding): a search or ASNG run resumes across them (search_run._identity, asng._identity)
-EXECUTION_FIELDS = ("out", "progress", "checkpoint_every", "net_form", "driver", "conv_impl", "pool_s2d", "stem_patches", "eval_batch_size",
-                    "memory_budget_mib")
-STEM_PATCHES = ("off", "on")
+# TrainConfig fields that say where and how a run is written, not what it computes
+RUN_FIELDS = ("out", "progress", "checkpoint_every")
+# ExecutionConfig's fields, once flat fields of TrainConfig: a config.json holding them still loads
+FLAT_EXECUTION_FIELDS = ("net_form", "driver", "conv_impl", "pool_s2d", "stem_patches", "eval_batch_size",
+                         "precision", "memory_budget_mib")
 # TrainConfig fields newer than some saved run directories: an identity (search, ASNG, train resume)
 # leaves a field out while it holds its default, so those directories still match
 LATER_FIELDS = ("precision", "input_norm", "tau_warmup_epochs", "tau_estimator")
@@ -63,6 +63,43 @@ def _check_float(field, value, lo=None, hi=None, hi_open=False, lo_open=False):
         _fail(field, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
     if hi is not None and (value > hi or (hi_open and value == hi)):
         _fail(field, f"must be {'<' if hi_open else '<='} {hi}, got {value}")
+
+
+@dataclasses.dataclass
+class ExecutionConfig:
+    """How a training runs, not what it computes: every setting gives the same numbers to float rounding
+    (bfloat16: to its rounding). "auto" is resolved per model, backend and number of trials by
+    :func:`s2e_jax.execution.plan`; the measured reason for each default is in docs/performance.md."""
+
+    net_form: str = "auto"             # the network axis: vmap | fused (a Python loop, first layers as one)
+    driver: str = "auto"               # an epoch: scan (one jitted lax.scan) | loop (jitted steps)
+    conv_impl: str = "auto"            # convolutions: xla | slices (patches x kernel, s2e_jax/convs.py)
+    pool_s2d: str = "auto"             # Model 1's conv + pool as one space-to-depth conv: on | off
+    precision: str = "float32"         # float32 | bfloat16 (bf16 compute, float32 master weights)
+    eval_batch_size: int = 1000
+    memory_budget_mib: Optional[float] = None  # per-device budget of K trials in one program; None: auto
+
+    def validate(self) -> "ExecutionConfig":
+        """Raise :class:`ConfigError` naming the first bad field; return self."""
+        _check_choice("net_form", self.net_form, NET_FORMS)
+        _check_choice("driver", self.driver, DRIVERS)
+        _check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
+        _check_choice("pool_s2d", self.pool_s2d, POOL_S2D)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_int("eval_batch_size", self.eval_batch_size, 1)
+        if self.memory_budget_mib is not None:
+            _check_float("memory_budget_mib", self.memory_budget_mib, 0.0, lo_open=True)
+        return self
+
+    def replace(self, **changes) -> "ExecutionConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExecutionConfig":
+        return _from_dict(cls, d)
 
 
 @dataclasses.dataclass
@@ -102,16 +139,9 @@ class TrainConfig:
     decay_start: int = 80              # lr -> 0 linearly and beta1 -> beta1_late from this epoch
     beta1: float = 0.9
     beta1_late: float = 0.1
-    # execution
     seed: int = 0
-    net_form: str = "auto"             # how the network axis is computed: vmap | unroll | fused
-    driver: str = "auto"               # epoch driver: scan (one jitted lax.scan) | loop (jitted steps)
-    conv_impl: str = "auto"            # convolutions: xla | patches | slices | blockdiag (s2e_jax/convs.py)
-    pool_s2d: str = "auto"             # Model 1's conv + pool as one space-to-depth conv: on | off (auto: on, but off inside lax.scan on the CPU with XLA's convs)
-    stem_patches: str = "off"          # Model 1: store conv0's space-to-depth patches once (6.9x the images), conv0 one matmul
-    eval_batch_size: int = 1000
-    precision: str = "float32"         # float32 | bfloat16 (bf16 compute, float32 master weights)
-    memory_budget_mib: Optional[float] = None  # per-device budget of K trials in one program; None: auto
+    # how it runs (optional; every choice computes the same to float rounding)
+    execution: ExecutionConfig = dataclasses.field(default_factory=ExecutionConfig)
     out: Optional[str] = None          # run directory; None writes nothing
     progress: bool = True
     checkpoint_every: Any = "auto"     # epochs between checkpoints of a run directory; auto: <= 2% of the time; 0: none
@@ -125,9 +155,6 @@ class TrainConfig:
         if not 0.0 <= self.noise_rate < 1.0:
             _fail("noise_rate", f"must be in [0, 1), got {self.noise_rate}")
         _check_choice("method", self.method, METHODS)
-        if self.method not in IMPLEMENTED_METHODS:
-            _fail("method", f"{self.method!r} is not available in this version "
-                  f"(available: {', '.join(IMPLEMENTED_METHODS)})")
         _check_choice("model", self.model, MODELS)
         if self.tau is not None and self.tau != "auto":
             if isinstance(self.tau, str):
@@ -147,18 +174,12 @@ class TrainConfig:
         _check_int("seed", self.seed, 0)
         if self.noise_seed is not None:
             _check_int("noise_seed", self.noise_seed, 0)
-        _check_choice("net_form", self.net_form, NET_FORMS)
-        _check_choice("driver", self.driver, DRIVERS)
-        _check_choice("conv_impl", self.conv_impl, CONV_IMPLS)
-        _check_choice("pool_s2d", self.pool_s2d, POOL_S2D)
-        _check_choice("stem_patches", self.stem_patches, STEM_PATCHES)
-        _check_int("eval_batch_size", self.eval_batch_size, 1)
-        _check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.execution, ExecutionConfig):
+            _fail("execution", f"must be an ExecutionConfig, got {type(self.execution).__name__}")
+        self.execution.validate()
         _check_choice("input_norm", self.input_norm, INPUT_NORMS)
         if self.checkpoint_every != "auto":
             _check_int("checkpoint_every", self.checkpoint_every, 0)
-        if self.memory_budget_mib is not None:
-            _check_float("memory_budget_mib", self.memory_budget_mib, 0.0, lo_open=True)
         if self.init_epochs != "auto":
             _check_int("init_epochs", self.init_epochs, 0)
         if self.fcorr_warmup_epochs is not None:
@@ -186,7 +207,24 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        return _from_dict(cls, d)
+        """A config from its JSON form; ``execution`` may be absent, or flat fields as older
+        config.json files hold them."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"config: expected a JSON object, got {type(d).__name__}")
+        d = dict(d)
+        ex = d.pop("execution", {})
+        if not isinstance(ex, dict):
+            raise ConfigError(f"execution: expected a JSON object, got {type(ex).__name__}")
+        ex = dict(ex)
+        for k in FLAT_EXECUTION_FIELDS:
+            if k in d:
+                v = d.pop(k)
+                if k == "stem_patches":  # not an execution form: Model 1's first layer reads the images
+                    if v not in ("off", None):
+                        _fail("stem_patches", f"unknown setting {v!r}: Model 1's first layer reads the images")
+                    continue
+                ex.setdefault(k, v)
+        return _from_dict(cls, dict(d, execution=ExecutionConfig.from_dict(ex)))
 
 
 def _from_dict(cls, d: dict):
@@ -221,10 +259,12 @@ def save_json(obj: Any, path: str):
 
 
 def identity_dict(config: "TrainConfig") -> dict:
-    """``config`` as a resume identity: what it computes (no :data:`EXECUTION_FIELDS`), a
-    :data:`LATER_FIELDS` field left out while it holds its default."""
-    d, defaults = config.to_dict(), TrainConfig().to_dict()
-    for k in EXECUTION_FIELDS:
+    """``config`` as a resume identity: what it computes (no :data:`RUN_FIELDS`, no execution group but
+    its ``precision``, flat), a :data:`LATER_FIELDS` field left out while it holds its default."""
+    d = config.to_dict()
+    d["precision"] = d.pop("execution")["precision"]
+    defaults = dict(TrainConfig().to_dict(), precision=ExecutionConfig().precision)
+    for k in RUN_FIELDS:
         d.pop(k, None)
     for k in LATER_FIELDS:
         if d.get(k) == defaults[k]:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from s2e_jax import checkpoint
+from s2e_jax import checkpoint, execution
 from s2e_jax import data as data_lib
 from s2e_jax import models as models_lib
 from s2e_jax.config import ConfigError
@@ -85,8 +85,9 @@ class TrainedModel:
 def load(run_dir: str) -> TrainedModel:
     """The final networks saved by ``train`` in ``run_dir`` (orbax-checkpoint, ``model.json``)."""
     meta = checkpoint.read_model_json(run_dir)
-    model = models_lib.get_model(meta["model"], int(meta["num_classes"]), meta.get("conv_impl") or "xla",
-                                 pool_s2d=meta.get("pool_s2d"))
+    p = execution.plan(None, meta["model"])  # how this machine computes it (any form: the same numbers)
+    model = models_lib.get_model(meta["model"], int(meta["num_classes"]), p.conv_impl, materialize=p.materialize,
+                                 pool_s2d=p.pool_s2d)
     x = jnp.zeros((1,) + tuple(meta["image_shape"]), jnp.float32)
     one = jax.eval_shape(lambda k: model.init({"params": k, "dropout": k}, x, train=False), jax.random.PRNGKey(0))
     n = int(meta["num_nets"])

@@ -27,15 +27,12 @@ Choices taken from the released code of the papers Table 4 cites (documented whe
   ``reduce_window`` is slow on CPU. ReLU then max-pool is computed as max-pool then ReLU (equal,
   a quarter of the elements), and the layers after the stem that act per channel without
   parameters are each model's ``post_stem``, so a fused stem runs them once for all networks.
-* Model 1's conv + pool pairs are one layer each (:class:`ConvPool`), by default computed as one
-  space-to-depth convolution (:func:`s2e_jax.convs.conv_max_pool`, ``pool_s2d``; not inside
-  ``lax.scan`` on the CPU with XLA's convolutions: :func:`s2e_jax.train.resolve_pool_s2d`).
-* Model 1 with ``stem_patches`` takes, instead of images, its first layer's space-to-depth patches
-  (:func:`model_input`, computed once per data set): its first layer is then one matmul.
+* Model 1's conv + pool pairs are one layer each (:class:`ConvPool`), computed as one space-to-depth
+  convolution with ``pool_s2d`` (:func:`s2e_jax.convs.conv_max_pool`; the execution plan decides,
+  :mod:`s2e_jax.execution`).
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Mapping, Sequence
 
@@ -44,10 +41,9 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from s2e_jax.config import ConfigError
-from s2e_jax.convs import (blockdiag_conv, conv_max_pool, materialized, patches_conv, patches_max_pool, slices_conv,
-                           space_to_depth_patches)
+from s2e_jax.convs import conv_max_pool, materialized, slices_conv
 
-_CONV_FNS = {"patches": patches_conv, "slices": slices_conv, "blockdiag": blockdiag_conv}
+_CONV_FNS = {"slices": slices_conv}
 
 __all__ = [
     "MLP",
@@ -56,11 +52,9 @@ __all__ = [
     "Model3",
     "MODEL_NAMES",
     "get_model",
-    "auto_pool_s2d",
     "default_model",
     "count_params",
     "fused_stem",
-    "model_input",
     "max_pool_2x2",
     "materialized",
     "ConvPool",
@@ -69,7 +63,7 @@ __all__ = [
 ]
 
 MODEL_NAMES = ("mlp", "model1", "model2", "model3")
-CONV_IMPLS = ("xla", "patches", "slices", "blockdiag")  # how a Conv layer is computed (:mod:`s2e_jax.convs`)
+CONV_IMPLS = ("xla", "slices")  # how a Conv layer is computed: XLA's convolution, or :func:`s2e_jax.convs.slices_conv`
 
 # BatchNorm settings: PyTorch defaults (momentum=0.1 in torch == 0.9 in flax, eps=1e-5).
 BN_MOMENTUM = 0.9
@@ -195,25 +189,15 @@ class ConvPool(nn.Module):
     padding: str = "VALID"
     conv_impl: str = "xla"
     s2d: bool = False
-    from_patches: bool = False  # x is ``convs.space_to_depth_patches`` of the input (a stem's stored patches)
 
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size
         ci = x.shape[-1]
-        if self.from_patches:
-            taps = 4 * (k // 2 + 1) ** 2  # patch features per input channel
-            if ci % taps or ci == 0:
-                raise ConfigError(f"stem_patches: the network takes its first layer's patches "
-                                  f"(models.model_input), {taps} features per channel; got an input of "
-                                  f"{x.shape[-1]} channels, shape {tuple(x.shape)} (images?)")
-            ci //= taps
         init = _torch_uniform(k * k * ci)
         kernel = self.param("kernel", init, (k, k, ci, self.features))
         bias = self.param("bias", init, (self.features,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)  # as nn.Conv
-        if self.from_patches:
-            return patches_max_pool(x, kernel) + bias
         return conv_pool(x, kernel, bias, self.padding, self.conv_impl, self.s2d)
 
 
@@ -255,7 +239,6 @@ class Model1(nn.Module):
     num_classes: int = 10
     conv_impl: str = "xla"  # CONV_IMPLS: XLA's convolution or one of :mod:`s2e_jax.convs`
     pool_s2d: bool = False  # each conv + pool as one space-to-depth convolution
-    stem_patches: bool = False  # the input is conv0's patches (:func:`model_input`), conv0 one matmul
 
     stem_name = "conv0"
     stem_kernel = 5
@@ -267,11 +250,8 @@ class Model1(nn.Module):
     def __call__(self, x, train: bool = False, skip_stem: bool = False):
         layer = lambda f, name: ConvPool(f, 5, "VALID", self.conv_impl, self.pool_s2d, name=name)  # noqa: E731
         if not skip_stem:  # with skip_stem, x already is post_stem(conv0(x))
-            if self.stem_patches:  # x: [B, ho, wo, 9*4*C] patches of the images (model_input)
-                x = self.post_stem(ConvPool(6, 5, "VALID", from_patches=True, name="conv0")(x))
-            else:
-                _check_spatial(x, 6, "model1")
-                x = self.post_stem(layer(6, "conv0")(x))
+            _check_spatial(x, 6, "model1")
+            x = self.post_stem(layer(6, "conv0")(x))
         _check_spatial(x, 6, "model1")
         x = nn.relu(layer(16, "conv1")(x))
         x = x.reshape((x.shape[0], -1))
@@ -403,8 +383,6 @@ def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jn
     bias = jnp.concatenate([jnp.asarray(s["bias"]) for s in stems], axis=-1)
     if isinstance(model, MLP):
         y = x.reshape((x.shape[0], -1)) @ kernel + bias
-    elif getattr(model, "stem_patches", False):  # Model 1 on stored patches (model_input)
-        y = patches_max_pool(x, kernel) + bias
     elif getattr(model, "stem_pool", False):  # Model 1: conv + pool, one ConvPool layer
         y = conv_pool(x, kernel, bias, model.stem_padding, model.conv_impl, model.pool_s2d)
     else:
@@ -416,62 +394,16 @@ def fused_stem(model: nn.Module, stem_params: Sequence[Mapping[str, Any]], x: jn
     return jnp.split(y, splits, axis=-1)
 
 
-MODEL_INPUT_CHUNK = 4096  # images per step of model_input (its temporaries: one chunk's)
-
-
-@functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
-def _write_patches(out, x, start, k):
-    """``out[start: start + len(x)] = space_to_depth_patches(x, k, k)``, in place (``out`` donated)."""
-    return jax.lax.dynamic_update_slice_in_dim(out, space_to_depth_patches(x, k, k), start, 0)
-
-
-def model_input(model: nn.Module, x):
-    """What ``model`` takes as input for images ``x`` [N, H, W, C] (any dtype; uint8 stays uint8):
-    the images themselves, or, for Model 1 with ``stem_patches``, its first layer's space-to-depth
-    patches [N, ho, wo, 9*4*C] (:func:`s2e_jax.convs.space_to_depth_patches`, VALID as Model 1's
-    stem). The trainer stores its data so, once (``train.device_data``); per-channel normalization
-    applies to either (a patch feature's channel is its index mod C). Built in chunks of
-    ``MODEL_INPUT_CHUNK`` images written into the result in place: the device holds the images, the
-    patches and one chunk's temporaries."""
-    if not getattr(model, "stem_patches", False):
-        return x
-    x = jnp.asarray(x)
-    _check_spatial(x, 6, "model1")
-    k, n, chunk = model.stem_kernel, x.shape[0], MODEL_INPUT_CHUNK
-    shape = jax.eval_shape(lambda a: space_to_depth_patches(a, k, k), jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
-    out = jnp.zeros((n,) + shape.shape[1:], x.dtype)
-    if n <= chunk:
-        return _write_patches(out, x, 0, k)
-    for start in range(0, n, chunk):
-        start = min(start, n - chunk)  # the last chunk overlaps the one before: one shape, one compile
-        out = _write_patches(out, x[start: start + chunk], start, k)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # registry / utilities
 # ----------------------------------------------------------------------------------------------
-def auto_pool_s2d(conv_impl: str, driver: str, backend: str | None = None) -> bool:
-    """Model 1's ``pool_s2d`` where it was measured faster (:func:`s2e_jax.train.resolve_pool_s2d`
-    gives the figures): on XLA's CPU backend with convolutions as slices or the ``loop`` driver (not
-    XLA's convolutions inside ``lax.scan``); on a GPU with XLA's convolutions or slices."""
-    if (backend or jax.default_backend()) == "cpu":
-        return conv_impl == "slices" or driver == "loop"
-    return conv_impl in ("slices", "xla")
-
-
-def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: bool | None = None,
-              pool_s2d: bool | None = None, stem_patches: bool = False) -> nn.Module:
-    """Build a Table 4 network by name: 'mlp', 'model1', 'model2' or 'model3'; ``conv_impl`` (one of
-    :data:`CONV_IMPLS`) is how the conv models compute a convolution (the MLP has none).
-    ``materialize`` (Models 2-3, whose conv inputs come from BatchNorm; :func:`materialized`) and
-    ``pool_s2d`` (Model 1, each conv + pool space-to-depth; :func:`conv_pool`): None = on (measured
-    faster on the CPU with its loop driver and on an H100), except on a GPU/TPU with ``conv_impl``
-    "blockdiag" or "patches" (slower there, or not measured; ``train.prepare`` resolves
-    ``TrainConfig.pool_s2d`` "auto" by the driver and ``conv_impl`` too, off only inside ``lax.scan``
-    on XLA's CPU backend with XLA's convolutions: :func:`s2e_jax.train.resolve_pool_s2d`).
-    ``materialize``: None = on XLA's CPU backend only (measured there). ``stem_patches`` (Model 1
-    only): the network takes its first layer's patches, not images (:func:`model_input`)."""
+def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: bool = False,
+              pool_s2d: bool = False) -> nn.Module:
+    """Build a Table 4 network by name: 'mlp', 'model1', 'model2' or 'model3'. How it computes (the
+    execution plan's, :mod:`s2e_jax.execution`; the same numbers to float rounding): ``conv_impl``
+    (one of :data:`CONV_IMPLS`), ``pool_s2d`` (Model 1: each conv + pool as one space-to-depth
+    convolution, :func:`conv_pool`), ``materialize`` (Models 2-3: each convolution's input stored,
+    :func:`materialized`)."""
     key = str(name).strip().lower()
     if key not in MODEL_NAMES:
         raise ConfigError(f"model: unknown model {name!r} (expected {', '.join(MODEL_NAMES)})")
@@ -479,17 +411,10 @@ def get_model(name: str, num_classes: int, conv_impl: str = "xla", materialize: 
         raise ConfigError(f"num_classes: must be an integer >= 2, got {num_classes!r}")
     if conv_impl not in CONV_IMPLS:
         raise ConfigError(f"conv_impl: unknown value {conv_impl!r} (expected one of {', '.join(CONV_IMPLS)})")
-    if stem_patches and key != "model1":
-        raise ConfigError(f"stem_patches: only Model 1's first layer (conv + pool) can start from stored "
-                          f"patches, not {key}'s")
     if key == "mlp":
         return MLP(num_classes=num_classes)
-    cpu = jax.default_backend() == "cpu"
     if key == "model1":  # its second conv's input comes from a max-pool, which XLA stores anyway
-        s2d = auto_pool_s2d(conv_impl, "loop") if pool_s2d is None else bool(pool_s2d)
-        return Model1(num_classes=num_classes, conv_impl=conv_impl, pool_s2d=s2d, stem_patches=bool(stem_patches))
-    if materialize is None:
-        materialize = cpu
+        return Model1(num_classes=num_classes, conv_impl=conv_impl, pool_s2d=bool(pool_s2d))
     cls = {"model2": Model2, "model3": Model3}[key]
     return cls(num_classes=num_classes, conv_impl=conv_impl, materialize=bool(materialize))
 

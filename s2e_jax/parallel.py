@@ -41,7 +41,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from s2e_jax import checkpoint
-from s2e_jax.trainer import init_compiler_options, one_program_trainer, seed_keys
+from s2e_jax.trainer import init_compiler_options, seed_keys
 from s2e_jax.config import ConfigError
 
 TRIALS = "trials"
@@ -228,7 +228,7 @@ def _programs(tr, mesh: Mesh):
 def _init_program(tr, mesh, progs, x_shape):
     key = tuple(x_shape.shape)
     if key not in progs["init"]:
-        local = jax.vmap(lambda nk, dk, s: tr._init(nk, dk, s, x_shape))
+        local = jax.vmap(lambda nk, dk, s: tr.initial_carry(nk, dk, s, x_shape))
         progs["init"][key] = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(TRIALS),) * 3,
                                                    out_specs=P(TRIALS), check_vma=False),
                                      compiler_options=init_compiler_options())
@@ -284,7 +284,7 @@ def _plan(tr, mesh, progs, data, k, budget, x_shape, num_sched, verbose):
             raise ConfigError(
                 f"memory_budget_mib: one trial per device needs {fp / _MIB:.1f} MiB, over the budget of "
                 f"{budget / _MIB:.1f} MiB, the shared data {tree_bytes(data) / _MIB:.1f} MiB of it (raise the budget, "
-                f"use fewer/smaller trials or a smaller model{_stem_hint(tr)})")
+                f"use fewer/smaller trials or a smaller model)")
         shared = tree_bytes(data)
         per_trial = max((fp - shared) / c, 1.0)
         fit = int((budget - shared) // per_trial)
@@ -295,11 +295,6 @@ def _plan(tr, mesh, progs, data, k, budget, x_shape, num_sched, verbose):
               f"per device, over the memory budget of {budget / _MIB:.0f} MiB; running them in {waves} waves of "
               f"{c * d} ({c} per device on {d} device(s))", file=sys.stderr, flush=True)
     return c, compiled, fp, compile_s
-
-
-def _stem_hint(tr) -> str:
-    """Part of an out-of-memory message: Model 1's stored stem patches are 6.9x its images."""
-    return ", or stem_patches off (its stored patches are 6.9x the images)" if getattr(tr.model, "stem_patches", False) else ""
 
 
 def _first_fp(progs, c, x_shape, num_sched):
@@ -358,7 +353,7 @@ def run_trials(prep, scheds, seeds, epochs: Optional[int] = None, mesh: Optional
     ``memory_budget_mib`` to ``prep.config.memory_budget_mib`` then :func:`memory_budget`'s defaults.
     """
     t_start = time.perf_counter()
-    tr = one_program_trainer(prep)
+    tr = prep.trainer_for(True)  # the plan for K trials in one program (s2e_jax/execution.py)
     epochs = tr.epochs if epochs is None else int(epochs)
     if epochs < 1:
         raise ConfigError(f"epochs: must be >= 1, got {epochs}")
@@ -370,7 +365,7 @@ def run_trials(prep, scheds, seeds, epochs: Optional[int] = None, mesh: Optional
     mesh = trial_mesh() if mesh is None else mesh
     d = mesh.devices.size
     if memory_budget_mib is None:
-        memory_budget_mib = getattr(prep.config, "memory_budget_mib", None)
+        memory_budget_mib = prep.config.execution.memory_budget_mib
     budget = memory_budget(memory_budget_mib)
     progs = _programs(tr, mesh)
     data = shared_data(prep, mesh)

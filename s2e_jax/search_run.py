@@ -32,12 +32,12 @@ from typing import Optional
 import jax
 import numpy as np
 
-from s2e_jax import parallel, plots, runs, schedules, search
+from s2e_jax import execution, parallel, plots, runs, schedules, search
 from s2e_jax import train as train_lib
 from s2e_jax.config import ConfigError, TrainConfig, _check_choice, _check_int, identity_dict
 
 OBJECTIVES = ("error", "loss")
-TRIALS = ("auto", "one_program", "sequential")
+TRIALS = execution.TRIALS
 
 
 @dataclasses.dataclass
@@ -55,6 +55,9 @@ class SearchConfig:
     # how the K trainings of an iteration run (train.train_trials): auto = one program on GPU/TPU, one
     # after another on a CPU (each process its share under --distributed); how, not what: same results
     trials: str = "auto"
+    # common random numbers: the K trainings of an iteration share one training seed (data order,
+    # initialization), so that their differences are the schedules' and not seed noise
+    common_seed: bool = False
 
     def validate(self) -> "SearchConfig":
         self.train.validate()
@@ -66,6 +69,11 @@ class SearchConfig:
         _check_choice("trials", self.trials, TRIALS)
         if self.train.method != "coteaching":
             raise ConfigError(f"method: the search tunes R(t) of coteaching, got {self.train.method!r}")
+        if not isinstance(self.common_seed, bool):
+            raise ConfigError(f"common_seed: expected true or false, got {self.common_seed!r}")
+        if self.common_seed and self.algo == "hyperband":
+            raise ConfigError("common_seed: hyperband has no fixed iteration of K trainings to share a seed (a "
+                              "rung of varying size and epochs is asked in parts); use it with another --algo")
         return self
 
     def to_dict(self) -> dict:
@@ -77,12 +85,21 @@ class SearchConfig:
 def _identity(cfg: SearchConfig) -> dict:
     """What must match to resume into a directory (the data, the noise, the training, the seed)."""
     t = identity_dict(cfg.train)  # a field newer than the directory matches while at its default
-    return runs.identity_files_by_content(dict(train=t, space=cfg.space, objective=cfg.objective))
+    extra = dict(common_seed=True) if cfg.common_seed else {}  # off: the identity of older directories
+    return runs.identity_files_by_content(dict(train=t, space=cfg.space, objective=cfg.objective, **extra))
 
 
 def trial_seed(seed: int, trial: int) -> int:
     """The training seed of trial number ``trial``: independent of K and of interruptions."""
     return (seed * 1_000_003 + trial) % (2**31 - 1)
+
+
+def training_seeds(seed: int, trials, common: bool = False) -> list:
+    """The training seeds of the trials of one iteration (``trials``: their numbers, in order): each
+    its own :func:`trial_seed`, or with ``common`` (common random numbers) all the seed of the
+    iteration's first trial, a function of the search seed and the iteration alone."""
+    trials = list(trials)
+    return [trial_seed(seed, trials[0] if common else t) for t in trials]
 
 
 class TrainingObjective:
@@ -116,14 +133,13 @@ class TrainingObjective:
                     f"{epochs} epochs): the searcher's code, options or sampling (JAX version) changed since "
                     "it was written; choose another --out (nothing was changed)")
         todo = [i for i, t in enumerate(ids) if t not in self.cache]
-        one_program = dict(auto=None, one_program=True, sequential=False)[self.cfg.trials]
-        in_sequence = jax.process_count() == 1 and (
-            one_program is False or (one_program is None and jax.default_backend() == "cpu"))
+        one_program = self.prep.plan.one_program  # the search's execution plan (prepare(trials=...))
+        in_sequence = jax.process_count() == 1 and not one_program
         # in sequence, each training is recorded (and its checkpoints removed) as soon as it ends
         for group in ([[i] for i in todo] if in_sequence else [todo] if todo else []):
             t0 = time.time()
             scheds = np.stack([np.asarray(self.space.decode(np.asarray(xs[i], np.float32), T)) for i in group])
-            seeds = [trial_seed(self.cfg.train.seed, ids[i]) for i in group]
+            seeds = [training_seeds(self.cfg.train.seed, ids, self.cfg.common_seed)[i] for i in group]
             dirs = ([os.path.join(self.checkpoint_root, f"trial_{ids[i]}") for i in group]
                     if self.checkpoint_root and in_sequence else None)
             batch_dir = (os.path.join(self.checkpoint_root, f"trials_{ids[group[0]]}-{ids[group[-1]]}")
@@ -289,10 +305,9 @@ def _run(cfg: SearchConfig, dataset, root) -> dict:
     if not more():
         return _finish(cfg, searcher, space, algo_dir, root, cache)
 
-    prep = train_lib.prepare(cfg.train, dataset, rate=space.rate)
-    if algo_dir is not None:  # what "auto" resolved to for this search's trainings
-        one_program = dict(auto=jax.default_backend() != "cpu", one_program=True, sequential=False)[cfg.trials]
-        algo_dir.write_json("execution.json", train_lib.execution_plan(prep, one_program))
+    prep = train_lib.prepare(cfg.train, dataset, rate=space.rate, trials=cfg.trials)
+    if algo_dir is not None:  # the resolved execution plan of this search's trainings
+        algo_dir.write_json("execution.json", train_lib.execution_record(prep))
 
     def on_result(rec):
         rec = dict(rec, iteration=searcher.iteration, algo=cfg.algo)
@@ -375,6 +390,9 @@ def add_parser(sub, add_train_args):
     p.add_argument("--trials", default="auto",
                    help="how each iteration's K trainings run: auto (one program on GPU/TPU, one after "
                         "another on a CPU) | one_program (sharded over every device) | sequential")
+    p.add_argument("--common-seed", action="store_true",
+                   help="common random numbers: the K trainings of an iteration share their training seed "
+                        "(data order, initialization); not with hyperband")
     p.add_argument("--out", default=None, help="search directory (resumed if it holds this search)")
     return p
 
@@ -382,6 +400,7 @@ def add_parser(sub, add_train_args):
 def run_from_args(args, config_from):
     tcfg = config_from(args, method="coteaching").replace(out=None)
     cfg = SearchConfig(tcfg, algo=args.algo, space=args.space, iterations=args.iterations,
-                       samples=args.samples, objective=args.objective, out=args.out, trials=args.trials)
+                       samples=args.samples, objective=args.objective, out=args.out, trials=args.trials,
+                       common_seed=args.common_seed)
     summary = run(cfg)
     print(json.dumps(summary, indent=2))

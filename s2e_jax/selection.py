@@ -23,7 +23,6 @@ parameters by its momentum on such a step, as in the released PyTorch code of th
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -32,18 +31,6 @@ import optax
 
 from s2e_jax import fcorrection
 from s2e_jax.config import ConfigError
-
-
-def apply_rule(rule, losses, logits, labels, r, epoch, batch):
-    """``rule(losses, logits, labels, r, epoch, batch)``; a rule written for the older interface
-    without ``batch`` is called without it."""
-    try:
-        inspect.signature(rule).bind(losses, logits, labels, r, epoch, batch)
-    except TypeError:
-        return rule(losses, logits, labels, r, epoch)
-    except ValueError:  # no signature to inspect (some builtins): the current interface
-        pass
-    return rule(losses, logits, labels, r, epoch, batch)
 
 
 def num_keep(r, batch_size):

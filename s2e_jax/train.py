@@ -15,14 +15,12 @@ import numpy as np
 
 from s2e_jax import checkpoint
 from s2e_jax import data as data_lib
-from s2e_jax import fcorrection, label_issues, noise_rate, parallel, plots, runs, schedules, selection
-from s2e_jax import noise as noise_lib
+from s2e_jax import execution, fcorrection, label_issues, noise_rate, parallel, plots, runs, schedules, selection
+from s2e_jax import noise as noise_lib  # noqa: F401
 from s2e_jax import models as models_lib
-from s2e_jax.config import ConfigError, TrainConfig
-from s2e_jax.trainer import (PRECISIONS, Acc, Carry, DeviceData, Trainer, _zeros_acc, adam_plan,  # noqa: F401
-                             channel_stats, default_conv_impl, default_execution, device_data,
-                             init_compiler_options, normalize, one_program_trainer, resolve_conv_impl,
-                             resolve_pool_s2d, seed_keys)
+from s2e_jax.config import FLAT_EXECUTION_FIELDS, ConfigError, TrainConfig, identity_dict
+from s2e_jax.trainer import (Acc, Carry, DeviceData, Trainer, adam_plan, channel_stats, device_data,  # noqa: F401
+                             init_compiler_options, normalize, seed_keys, zero_stats)
 
 
 @dataclasses.dataclass
@@ -36,7 +34,22 @@ class Prepared:
     model_name: str
     noise_info: dict     # data, noise and method facts recorded in config.json and summary.json
     transition: Optional[np.ndarray] = None  # F-correction's T
-    image_shape: tuple = ()  # (H, W, C) of the training images (data.x_train may hold Model 1's patches)
+    image_shape: tuple = ()  # (H, W, C) of the training images
+    plan: Optional[execution.Plan] = None  # how the trainer runs (s2e_jax/execution.py)
+    build: Any = None  # plan -> a Trainer of the same training (another plan: K trials in one program)
+
+    def trainer_for(self, one_program: bool) -> Trainer:
+        """The trainer that K trials in one program (a vmap of its scan epoch) or in sequence run:
+        ``trainer`` when the plan already says so, else one built once by the plan for it (same
+        parameters, same results to float rounding)."""
+        if self.plan is None or self.plan.one_program == one_program or self.build is None:
+            return self.trainer
+        other = self.__dict__.get("_other_trainer")
+        if other is None:
+            p = execution.plan(self.config.execution, self.model_name,
+                               "one_program" if one_program else "sequential", self.plan.backend)
+            other = self.__dict__["_other_trainer"] = (p, self.build(p))
+        return other[1]
 
 
 def schedule_of(config: TrainConfig):
@@ -54,12 +67,14 @@ def schedule_of(config: TrainConfig):
     return schedules.coteaching_rate, np.asarray([tau, config.t_k, config.c], np.float32)
 
 
-def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
+def prepare(config: TrainConfig, dataset=None, rate=None, trials: Optional[str] = None) -> Prepared:
     """Validate the config, load and corrupt the data, put it on the device, build the trainer.
 
     ``dataset`` replaces loading ``config.dataset``; ``rate`` replaces the run's schedule function
-    (a search passes its space's R(t) and gives each trial its own parameters). F-correction without a
-    ``transition_matrix`` file first trains a standard network to estimate T
+    (a search passes its space's R(t) and gives each trial its own parameters); ``trials``: None for
+    one training, else how a search's K trainings run ("auto" | "one_program" | "sequential"), which
+    the execution plan (:func:`s2e_jax.execution.plan`) resolves with every other execution setting.
+    F-correction without a ``transition_matrix`` file first trains a standard network to estimate T
     (:func:`fcorrection_transition`).
     """
     config.validate()
@@ -71,13 +86,7 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
         noise_seed = config.seed if config.noise_seed is None else config.noise_seed
         ds, is_clean = data_lib.apply_noise(ds, config.noise, config.noise_rate, seed=noise_seed)
     model_name = config.model if config.model != "auto" else models_lib.default_model(ds.name, ds.x_train.shape[-1])
-    form, driver = default_execution(model_name)
-    form = form if config.net_form == "auto" else config.net_form
-    driver = driver if config.driver == "auto" else config.driver
-    conv = resolve_conv_impl(config.conv_impl, driver, model_name, form)
-    model = models_lib.get_model(model_name, ds.num_classes, conv,
-                                 pool_s2d=resolve_pool_s2d(config.pool_s2d, driver, conv_impl=conv),
-                                 stem_patches=config.stem_patches == "on")
+    plan = execution.plan(config.execution, model_name, trials)
     spec = selection.get_rule(config.method, init_epochs=config.resolved_init_epochs())
     tau_info = {}
     if rate is None and spec.uses_schedule and config.schedule is None and (
@@ -89,13 +98,18 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
         config = config.replace(tau=None)
     rate_, sched = schedule_of(config)
     rate = rate_ if rate is None else rate
-    trainer = Trainer(model, spec.num_nets, spec.rule, rate, epochs=config.epochs,
-                      batch_size=config.batch_size,
-                      n_train=len(ds.y_train), lr=config.lr, decay_start=config.decay_start,
-                      beta1=config.beta1, beta1_late=config.beta1_late,
-                      net_form=form, driver=driver,
-                      eval_batch_size=config.eval_batch_size, sample_loss=spec.sample_loss,
-                      weights_fn=spec.weights_fn, precision=config.precision)
+    n_train, num_classes = len(ds.y_train), ds.num_classes
+
+    def build(p: execution.Plan) -> Trainer:
+        model = models_lib.get_model(model_name, num_classes, p.conv_impl, materialize=p.materialize,
+                                     pool_s2d=p.pool_s2d)
+        return Trainer(model, spec.num_nets, spec.rule, rate, epochs=config.epochs, batch_size=config.batch_size,
+                       n_train=n_train, lr=config.lr, decay_start=config.decay_start, beta1=config.beta1,
+                       beta1_late=config.beta1_late, net_form=p.net_form, driver=p.driver,
+                       eval_batch_size=p.eval_batch_size, sample_loss=spec.sample_loss,
+                       weights_fn=spec.weights_fn, precision=p.precision)
+
+    trainer = build(plan)
     noise_info = dict(actual_noise_rate=float(1.0 - is_clean.mean()), n_train=int(len(ds.y_train)),
                       n_val=int(len(ds.y_val)), n_test=int(len(ds.y_test)), num_classes=int(ds.num_classes))
     noise_info.update(tau_info)  # tau "auto": tau_estimated, tau_method, ... (s2e_jax/noise_rate.py)
@@ -106,8 +120,8 @@ def prepare(config: TrainConfig, dataset=None, rate=None) -> Prepared:
     if config.method == "fcorrection":
         transition, info = fcorrection_transition(config, ds)
         noise_info.update(info)
-    return Prepared(config, trainer, device_data(ds, is_clean, transition, config.input_norm, model), sched, model_name,
-                    noise_info, transition, tuple(int(v) for v in ds.x_train.shape[1:]))
+    return Prepared(config, trainer, device_data(ds, is_clean, transition, config.input_norm), sched, model_name,
+                    noise_info, transition, tuple(int(v) for v in ds.x_train.shape[1:]), plan, build)
 
 # ----------------------------------------------------------------------------------- warm-up networks
 def warmup(config: TrainConfig, ds, epochs: int, constant_lr: bool = False) -> "TrainResult":
@@ -176,11 +190,12 @@ def init_carry(prep: Prepared, seed: int, sched=None) -> Carry:
     return prep.trainer.init(net_keys, data_key, prep.sched if sched is None else sched, prep.data.x_train)
 
 
-def _host(metrics):
+def to_host(metrics) -> dict:
+    """Per-epoch metrics copied to the host as numpy arrays."""
     return {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _stack_epochs(rows):
+def stack_epochs(rows):
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -214,12 +229,10 @@ TIMING_KEYS = ("seconds", "fcorr_warmup_seconds", "tau_warmup_seconds")  # timin
 
 
 def resume_identity(config: TrainConfig) -> dict:
-    """What must match for ``train`` to resume into a run directory: the config but where the run is
-    written and how it reports progress or checkpoints; files by content (:mod:`s2e_jax.runs`)."""
-    d = config.to_dict()
-    for k in ("out", "progress", "checkpoint_every"):
-        d.pop(k, None)
-    return runs.files_by_content(d)
+    """What must match for ``train`` to resume into a run directory: what the config computes (not
+    where the run is written, how it reports or checkpoints, nor how it runs but its ``precision``);
+    files by content (:mod:`s2e_jax.runs`)."""
+    return runs.files_by_content(dict(identity_dict(config), precision=config.execution.precision))
 
 
 def _resumable(config: TrainConfig) -> bool:
@@ -238,6 +251,8 @@ def _resumable(config: TrainConfig) -> bool:
     if isinstance(saved, dict):  # a field newer than the directory matches while it has its default
         defaults = TrainConfig().to_dict()
         mine = {k: v for k, v in mine.items() if k in saved or v != defaults.get(k)}
+        # how it runs is not part of the identity (older directories hold it flat): not compared
+        saved = {k: v for k, v in saved.items() if k == "precision" or k not in FLAT_EXECUTION_FIELDS}
     if runs.identity_files_by_content(dict(train=saved)) != dict(train=mine):
         raise ConfigError(f"out: {root} holds a training with another config; choose another --out "
                           "(nothing was changed)")
@@ -260,25 +275,23 @@ def _rewrite_metrics(run, rows):
         os.remove(run.path("metrics.csv"))
 
 
-def execution_plan(prep: Prepared, one_program: bool) -> dict:
-    """How the trainings of ``prep`` run, resolved (no "auto"): written into every run directory."""
-    tr = one_program_trainer(prep) if one_program else prep.trainer
-    return dict(backend=jax.default_backend(), devices=jax.device_count(), processes=jax.process_count(),
-                trials="one_program" if one_program else "sequential",
-                net_form="vmap" if one_program else tr.net_form, driver="scan" if one_program else tr.driver,
-                conv_impl=getattr(tr.model, "conv_impl", None), pool_s2d=getattr(tr.model, "pool_s2d", None),
-                stem_patches=bool(getattr(tr.model, "stem_patches", False)), precision=tr.precision,
-                eval_batch_size=tr.eval_batch_size)
+def execution_record(prep: Prepared, one_program: Optional[bool] = None) -> dict:
+    """``execution.json`` of a run: the resolved plan its trainings ran (``one_program``: of K trials,
+    when it differs from ``prep.plan``'s)."""
+    p = prep.plan
+    if one_program is not None and one_program != p.one_program:
+        p = execution.plan(prep.config.execution, prep.model_name, "one_program" if one_program else "sequential",
+                           p.backend)
+    return p.to_dict()
 
 
 def model_description(prep: Prepared, image_shape) -> dict:
     """What :func:`s2e_jax.inference.load` needs to rebuild the networks (``model.json``)."""
-    m, c = prep.trainer.model, int(image_shape[-1])
+    c = int(image_shape[-1])
     return dict(model=prep.model_name, num_classes=int(prep.noise_info["num_classes"]),
                 num_nets=int(prep.trainer.num_nets), image_shape=[int(v) for v in image_shape],
-                mean=[float(v) for v in np.asarray(prep.data.mean)[:c]],  # per channel (patches: tiled)
+                mean=[float(v) for v in np.asarray(prep.data.mean)[:c]],
                 std=[float(v) for v in np.asarray(prep.data.std)[:c]],
-                conv_impl=getattr(m, "conv_impl", None), pool_s2d=getattr(m, "pool_s2d", None),
                 method=prep.config.method, input_norm=prep.config.input_norm)
 
 
@@ -313,11 +326,8 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
             raise
     if run:
         run.write_json("config.json", dict(config.to_dict(), model_resolved=prep.model_name,
-                                           net_form=prep.trainer.net_form, driver=prep.trainer.driver,
-                                           conv_impl_resolved=getattr(prep.trainer.model, "conv_impl", None),
-                                           pool_s2d_resolved=getattr(prep.trainer.model, "pool_s2d", None),
-                                           backend=jax.default_backend(), processes=jax.process_count(),
                                            identity=resume_identity(config), **prep.noise_info))
+        run.write_json("execution.json", execution_record(prep))
     carry = init_carry(prep, config.seed)
     rows, start, resumed_from = [], time.time(), 0
     # one process: checkpoints (several processes run the same training; none is saved then)
@@ -335,7 +345,7 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
     bar.update(resumed_from) if resumed_from else None
     for _ in range(resumed_from, config.epochs):
         carry, metrics = prep.trainer.run_epoch(carry, prep.data)
-        rows.append(_host(metrics))  # one small device-to-host copy per epoch
+        rows.append(to_host(metrics))  # one small device-to-host copy per epoch
         if run:
             run.append_metrics_row(len(rows) - 1, rows[-1])
             if ckpts and parallel.is_main_process() and policy.due(len(rows), config.epochs):
@@ -343,7 +353,7 @@ def train(config: TrainConfig, dataset=None) -> TrainResult:
                 policy.saved(saves[-1])
         bar.update(1, test_acc=float(rows[-1]["test_acc"].mean()), R=float(rows[-1]["r"]))
     bar.close()
-    metrics = _stack_epochs(rows)
+    metrics = stack_epochs(rows)
     summary = summarize(metrics, prep.noise_info, time.time() - start)
     report = label_report(prep, carry)
     if run and parallel.is_main_process():
@@ -383,13 +393,12 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
     Returns per-epoch metrics with a leading trial axis:
     ``{name: array [K, epochs, ...]}``, the same on every process.
     """
-    tr = prep.trainer
+    if one_program is None:  # the plan's: one program on GPU/TPU, in sequence on a CPU
+        one_program = prep.plan.one_program if prep.plan is not None else execution.one_program_default(
+            jax.default_backend())
+    tr = prep.trainer_for(one_program)
     epochs = tr.epochs if epochs is None else epochs
     scheds = np.asarray(scheds, np.float32)
-    if one_program is None:
-        # one program on GPU/TPU only, also with several processes: on the CPU K trainings one after
-        # another were faster (docs/performance.md, "Execution defaults")
-        one_program = jax.default_backend() != "cpu"
     if one_program:
         metrics, _ = parallel.run_trials(prep, scheds, seeds, epochs=epochs, mesh=mesh,
                                          memory_budget_mib=memory_budget_mib, checkpoint_dir=batch_checkpoint_dir)
@@ -406,11 +415,11 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
             carry, m = tr.run_epoch(carry, prep.data)
             rows.append(m)  # on the device: copied to the host at a checkpoint or at the end
             if ckpts and policy.due(len(rows), epochs):
-                rows = [_host(r) for r in rows]
+                rows = [to_host(r) for r in rows]
                 policy.saved(ckpts.save(len(rows), carry, rows))
         if ckpts:
             ckpts.close()
-        return _stack_epochs([_host(r) for r in rows])
+        return stack_epochs([to_host(r) for r in rows])
 
     if procs == 1:
         out = [one(i) for i in range(k)]
@@ -425,12 +434,3 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
     local = {name: np.stack([o[name] for o in out]) for name in out[0]}
     every = jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(local))  # [P, per, ...]
     return {name: np.stack([v[i % procs, i // procs] for i in range(k)]) for name, v in every.items()}
-
-
-def _vmapped_epoch(tr: Trainer):
-    """The K-trial epoch on one device (``jax.vmap`` of :meth:`Trainer.epoch`); benchmarks use it."""
-    fn = getattr(tr, "_vepoch", None)
-    if fn is None:
-        fn = jax.jit(jax.vmap(tr.epoch, in_axes=(0, None)))
-        object.__setattr__(tr, "_vepoch", fn)
-    return fn

@@ -10,14 +10,14 @@ each network's loss is the weighted mean over its weights, divided once. Every m
 permutation, batch gathering, selection and all metrics stay on the device: no host copy or sync
 per step.
 
-How the network axis is computed (``net_form``) and how an epoch is driven (``driver``) are choices
-measured per backend (``experiments/bench_train.py``); every choice gives the same numbers (tests):
+How the network axis is computed (``net_form``) and how an epoch is driven (``driver``,
+:mod:`s2e_jax.drivers`) are the execution plan's (:mod:`s2e_jax.execution`); every choice gives the
+same numbers (tests):
 
 - ``vmap``: ``jax.vmap`` over the stacked parameters (the natural form for GPUs/TPUs),
-- ``unroll``: a Python loop over the networks inside the same jit,
-- ``fused``: ``unroll`` with both networks' first layer computed as one layer with N× the outputs;
-- ``scan``: one epoch = one jitted ``lax.scan`` over batches,
-- ``loop``: a Python loop of jitted steps (conv nets on XLA's CPU backend, jax-ml/jax#12868).
+- ``fused``: a Python loop over the networks inside the same jit, their first layer computed as one
+  layer with N× the outputs;
+- ``scan``: one epoch = one jitted ``lax.scan`` over batches; ``loop``: a Python loop of jitted steps.
 
 K independent trainings (trials: schedules, seeds) are one more leading axis (:func:`s2e_jax.train.train_trials`),
 sharded over every device and host by :mod:`s2e_jax.parallel`. ``precision="bfloat16"`` computes the
@@ -33,35 +33,32 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from s2e_jax import selection
+from s2e_jax import drivers, selection
 from s2e_jax import models as models_lib
-from s2e_jax.config import ConfigError
+from s2e_jax.config import PRECISIONS, ConfigError
 
 
 # ----------------------------------------------------------------------------------- device data
 class DeviceData(NamedTuple):
     """Everything a training reads, on the device. Images stay uint8; normalized per batch."""
 
-    x_train: jax.Array   # uint8 [N, H, W, C] (the model's input: Model 1's conv0 patches, models.model_input)
+    x_train: jax.Array   # uint8 [N, H, W, C]
     y_train: jax.Array   # int32 [N] (noisy)
     clean: jax.Array     # float32 [N]: 1 where the training label is the clean one
     x_val: jax.Array
     y_val: jax.Array
     x_test: jax.Array
     y_test: jax.Array
-    mean: jax.Array      # float32 [C] per-channel mean of the training images (in [0, 1]; per patch feature)
+    mean: jax.Array      # float32 [C] per-channel mean of the training images (in [0, 1])
     std: jax.Array       # float32 [C]
     transition: jax.Array  # float32 [K, K]: F-correction's T (identity otherwise); traced, not static
 
 
-def device_data(ds, is_clean, transition=None, input_norm: str = "standardize", model=None) -> DeviceData:
+def device_data(ds, is_clean, transition=None, input_norm: str = "standardize") -> DeviceData:
     """Put a :class:`s2e_jax.data.Dataset` on the device once (``transition``: F-correction's T).
 
     ``input_norm``: ``"standardize"`` (per-channel mean and std of the training images) or
     ``"unit"`` (pixels / 255 only, as ``ToTensor()`` in Co-teaching's and S2E's released code).
-    ``model``: the images of every split are stored as its input (:func:`s2e_jax.models.model_input`:
-    Model 1 with ``stem_patches`` takes its first layer's patches, still uint8, with ``mean``/``std``
-    repeated for each patch feature).
     """
     if input_norm == "unit":
         c = ds.x_train.shape[-1]
@@ -72,10 +69,6 @@ def device_data(ds, is_clean, transition=None, input_norm: str = "standardize", 
         raise ConfigError(f"input_norm: unknown value {input_norm!r} (expected one of standardize, unit)")
     put = jax.device_put
     xs = [put(x) for x in (ds.x_train, ds.x_val, ds.x_test)]
-    if model is not None:
-        xs = [models_lib.model_input(model, x) for x in xs]
-        reps = xs[0].shape[-1] // ds.x_train.shape[-1]  # a patch feature's channel: its index mod C
-        mean, std = np.tile(mean, reps), np.tile(std, reps)
     return DeviceData(xs[0], put(ds.y_train.astype(np.int32)), put(is_clean.astype(np.float32)),
                       xs[1], put(ds.y_val.astype(np.int32)), xs[2],
                       put(ds.y_test.astype(np.int32)), put(mean.astype(np.float32)),
@@ -108,9 +101,6 @@ def normalize(x, mean, std):
     """uint8 images -> float32 in [0, 1], then ``(x - mean) / std`` per channel (per batch, on the
     device; mean 0 and std 1 for ``input_norm="unit"``)."""
     return (x.astype(jnp.float32) / 255.0 - mean) / std
-
-
-PRECISIONS = ("float32", "bfloat16")
 
 
 def _bf16_interceptor(next_fun, args, kwargs, context):
@@ -156,7 +146,7 @@ class Acc(NamedTuple):
     steps: jax.Array
 
 
-def _zeros_acc(n):
+def zero_stats(n):
     zeros = lambda shape=(n,): jnp.zeros(shape, jnp.float32)  # noqa: E731 (distinct buffers: donated)
     return Acc(zeros(), zeros(), zeros(), zeros(()))
 
@@ -180,7 +170,9 @@ class Trainer:
     ``rate(t, params, T)`` is the schedule R(t) (:mod:`s2e_jax.schedules`); ``rule`` the selection
     rule (:mod:`s2e_jax.selection`); ``sample_loss(logits, labels, transition)`` the per-sample loss;
     ``weights_fn`` (learning to reweight) replaces the rule by weights computed from the parameters and
-    a clean validation batch. Use :meth:`init`, then :meth:`run_epoch` once per epoch.
+    a clean validation batch. Use :meth:`init`, then :meth:`run_epoch` once per epoch. The epoch is
+    four pure pieces (:meth:`begin_epoch`, :meth:`step`, :meth:`end_epoch`, :meth:`evaluate`) that
+    :mod:`s2e_jax.drivers` runs; :meth:`epoch` is the whole epoch as one pure function.
     """
 
     model: Any
@@ -213,12 +205,10 @@ class Trainer:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         set_("tx", tx)
         set_("steps_per_epoch", self.n_train // self.batch_size)  # drop_last, as Co-teaching's loader
-        set_("epoch_fn", jax.jit(self.epoch))
-        set_("init_fn", jax.jit(self._init, static_argnums=3, compiler_options=init_compiler_options()))
-        set_("begin_fn", jax.jit(self._begin))
-        set_("step_fn", jax.jit(self._loop_step, donate_argnums=(0, 1)))
-        set_("end_fn", jax.jit(self._end, static_argnames="evaluate"))
-        set_("step_ids", [jnp.int32(i) for i in range(self.steps_per_epoch)])
+        pieces = (self.begin_epoch, self.step, self.end_epoch, self.evaluate, self.steps_per_epoch)
+        set_("epoch", drivers.scan_epoch(*pieces))  # pure: (carry, data) -> (carry, metrics)
+        set_("run_epoch", drivers.epoch_runner(self.driver, *pieces))
+        set_("init_fn", jax.jit(self.initial_carry, static_argnums=3, compiler_options=init_compiler_options()))
         set_("eval_chunk_fn", jax.jit(self._eval_chunk))
         set_("proba_fn", jax.jit(self._proba))
 
@@ -261,11 +251,10 @@ class Trainer:
         take = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)  # noqa: E731
         ps = [take(params, i) for i in range(n)]
         bss = [take(batch_stats, i) for i in range(n)]
-        if self.net_form == "fused":
-            xs = models_lib.fused_stem(self.model, [p[self.model.stem_name] for p in ps], x)
-            outs = [self._apply_one(ps[i], bss[i], xs[i], keys[i], train, True) for i in range(n)]
-        else:  # unroll
-            outs = [self._apply_one(ps[i], bss[i], x, keys[i], train) for i in range(n)]
+        if self.net_form != "fused":
+            raise ConfigError(f"net_form: unknown value {self.net_form!r} (expected vmap or fused)")
+        xs = models_lib.fused_stem(self.model, [p[self.model.stem_name] for p in ps], x)
+        outs = [self._apply_one(ps[i], bss[i], xs[i], keys[i], train, True) for i in range(n)]
         stack = lambda *a: jnp.stack(a)  # noqa: E731
         return jnp.stack([o[0] for o in outs]), jax.tree_util.tree_map(stack, *[o[1] for o in outs])
 
@@ -276,7 +265,8 @@ class Trainer:
         return self.init_fn(jnp.asarray(net_keys), data_key, jnp.asarray(sched, jnp.float32),
                             jax.ShapeDtypeStruct((1,) + tuple(sample_x.shape[1:]), jnp.float32))
 
-    def _init(self, net_keys, data_key, sched, x_shape):
+    def initial_carry(self, net_keys, data_key, sched, x_shape) -> Carry:
+        """:meth:`init` as a pure function (``x_shape``: a ShapeDtypeStruct of one input batch)."""
         x = jnp.zeros(x_shape.shape, x_shape.dtype)
         variables = jax.vmap(lambda k: self.model.init({"params": k, "dropout": k}, x, train=False))(net_keys)
         params = variables["params"]
@@ -300,8 +290,7 @@ class Trainer:
         logits, new_bs = self.forward(params, batch_stats, xb, key, True)
         losses = self.sample_loss(logits, yb, transition)  # [N, B]
         if given is None:
-            w, kept = selection.apply_rule(self.rule, jax.lax.stop_gradient(losses), jax.lax.stop_gradient(logits),
-                                           yb, r, epoch, batch)
+            w, kept = self.rule(jax.lax.stop_gradient(losses), jax.lax.stop_gradient(logits), yb, r, epoch, batch)
         else:
             w, kept = given
         per_net = (w * losses).sum(1) / jnp.maximum(w.sum(1), 1e-12)
@@ -338,9 +327,10 @@ class Trainer:
         return carry._replace(params=params, batch_stats=new_bs, opt_state=opt_state, selected=selected,
                               seen=seen), stats
 
-    # ------------------------------------------------------------------ epoch pieces
-    def _begin(self, carry: Carry, data: DeviceData):
-        """Set the epoch's lr/beta1 and R(t); draw the epoch's permutation (device side)."""
+    # ------------------------------------------------------------------ epoch pieces (s2e_jax.drivers)
+    def begin_epoch(self, carry: Carry, data: DeviceData):
+        """Set the epoch's lr/beta1 and R(t); draw the epoch's permutation (device side).
+        Returns ``((carry, zero stats), (batches, step key, r, lr))``."""
         t = carry.epoch
         lr, b1 = adam_plan(t, lr=self.lr, epochs=self.epochs, decay_start=self.decay_start,
                            beta1=self.beta1, beta1_late=self.beta1_late)
@@ -350,15 +340,35 @@ class Trainer:
         batches = jax.random.permutation(k_perm, self.n_train)[:n].reshape(self.steps_per_epoch, self.batch_size)
         r = self.rate(t.astype(jnp.float32), carry.sched, self.epochs)
         carry = carry._replace(opt_state=carry.opt_state._replace(hyperparams=hp), key=key)
-        return carry, batches, k_steps, r, lr
+        return (carry, zero_stats(self.num_nets)), (batches, k_steps, r, lr)
 
-    def _accumulate(self, acc: Acc, stats):
+    def accumulate(self, acc: Acc, stats):
+        """The epoch's running sums of one step's ``(per-network loss, kept, kept and clean)``."""
         loss, kept, clean = stats
         return Acc(acc.loss + loss, acc.kept + kept, acc.kept_clean + clean, acc.steps + 1)
 
-    def _loop_step(self, carry, acc, batches, k_steps, r, i, data):
+    def step(self, state, ctx, i, data: DeviceData):
+        """Mini-batch ``i`` of the epoch: ``(carry, acc) -> (carry, acc)``."""
+        carry, acc = state
+        batches, k_steps, r, _ = ctx
         carry, stats = self._train_step(carry, batches[i], r, data, jax.random.fold_in(k_steps, i), i)
-        return carry, self._accumulate(acc, stats)
+        return carry, self.accumulate(acc, stats)
+
+    def end_epoch(self, state, ctx, data: DeviceData):
+        """The epoch's training metrics (R, lr, loss, label precision, kept fraction); epoch + 1."""
+        carry, acc = state
+        _, _, r, lr = ctx
+        metrics = dict(r=r, lr=lr, train_loss=acc.loss / acc.steps,
+                       label_precision=acc.kept_clean / jnp.maximum(acc.kept, 1.0),
+                       kept_fraction=acc.kept / (acc.steps * self.batch_size))
+        return carry._replace(epoch=carry.epoch + 1), metrics
+
+    def evaluate(self, carry: Carry, data: DeviceData, in_jit: bool = True) -> dict:
+        """Accuracy and mean cross-entropy of each network on the validation and test halves."""
+        out = {}
+        for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
+            out[f"{split}_acc"], out[f"{split}_loss"] = self._evaluate(carry, x, y, data, in_jit)
+        return out
 
     def predict_proba(self, carry: Carry, data: DeviceData, x) -> np.ndarray:
         """Softmax of each network (eval mode) on uint8 model inputs ``x`` (``data.x_*``): [N, n, C]."""
@@ -398,104 +408,6 @@ class Trainer:
                 c, l = self.eval_chunk_fn(carry.params, carry.batch_stats, xp[j], yp[j], valid[j], data)
                 correct, ce = correct + c, ce + l
         return correct / x.shape[0], ce / x.shape[0]
-
-    def _end(self, carry, acc: Acc, r, lr, data, evaluate=True):
-        metrics = dict(r=r, lr=lr, train_loss=acc.loss / acc.steps,
-                       label_precision=acc.kept_clean / jnp.maximum(acc.kept, 1.0),
-                       kept_fraction=acc.kept / (acc.steps * self.batch_size))
-        if evaluate:
-            metrics["val_acc"], metrics["val_loss"] = self._evaluate(carry, data.x_val, data.y_val, data, True)
-            metrics["test_acc"], metrics["test_loss"] = self._evaluate(carry, data.x_test, data.y_test, data, True)
-        return carry._replace(epoch=carry.epoch + 1), metrics
-
-    def epoch(self, carry: Carry, data: DeviceData):
-        """One epoch as one program (``lax.scan`` over the batches); returns (carry, metrics)."""
-        carry, batches, k_steps, r, lr = self._begin(carry, data)
-
-        def body(state, i):
-            c, acc = state
-            c, stats = self._train_step(c, batches[i], r, data, jax.random.fold_in(k_steps, i), i)
-            return (c, self._accumulate(acc, stats)), None
-
-        (carry, acc), _ = jax.lax.scan(body, (carry, _zeros_acc(self.num_nets)),
-                                       jnp.arange(self.steps_per_epoch))
-        return self._end(carry, acc, r, lr, data)
-
-    def run_epoch(self, carry: Carry, data: DeviceData):
-        """One epoch with this trainer's driver; returns (carry, metrics). No host sync inside."""
-        if self.driver == "scan":
-            return self.epoch_fn(carry, data)
-        carry, batches, k_steps, r, lr = self.begin_fn(carry, data)
-        acc = _zeros_acc(self.num_nets)
-        for i in self.step_ids:  # device scalars made once: no host-to-device copy per step
-            carry, acc = self.step_fn(carry, acc, batches, k_steps, r, i, data)
-        carry, metrics = self.end_fn(carry, acc, r, lr, data, evaluate=False)
-        for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
-            metrics[f"{split}_acc"], metrics[f"{split}_loss"] = self._evaluate(carry, x, y, data, False)
-        return carry, metrics
-
-
-# ----------------------------------------------------------------------------------- one call
-def default_execution(model_name: str, backend: Optional[str] = None):
-    """``(net_form, driver)`` by backend and model, as measured (docs/performance.md, "Execution
-    defaults"): on XLA's CPU backend conv nets run unrolled with the first convolution fused and a
-    Python loop of jitted steps (a conv net inside ``lax.scan`` hits jax-ml/jax#12868); the MLP and
-    every model on GPU/TPU run vmapped inside one ``lax.scan`` per epoch.
-    """
-    backend = backend or jax.default_backend()
-    if backend == "cpu" and model_name != "mlp":
-        return "fused", "loop"
-    return "vmap", "scan"
-
-
-def default_conv_impl(backend: Optional[str] = None, driver: Optional[str] = None,
-                      model_name: Optional[str] = None, net_form: Optional[str] = None) -> str:
-    """How convolutions are computed by default (``models.CONV_IMPLS``; ``TrainConfig.conv_impl``
-    "auto"), as measured (docs/performance.md, "Execution defaults"): XLA's own convolution, except for
-    Model 1 vmapped inside ``lax.scan`` (the ``vmap`` form with the ``scan`` driver: K trials in one
-    program everywhere, and a single training on GPUs/TPUs), where ``slices`` (patches x kernel, no
-    convolution) is used, with ``pool_s2d`` (:func:`resolve_pool_s2d`). The same rule on every backend
-    measured (CPU, H100)."""
-    del backend  # the same rule on every backend measured (CPU, H100)
-    if driver == "scan" and net_form == "vmap" and model_name == "model1":
-        return "slices"
-    return "xla"
-
-
-def resolve_pool_s2d(setting: str, driver: str, backend: Optional[str] = None, conv_impl: str = "xla") -> bool:
-    """``TrainConfig.pool_s2d`` -> Model 1's ``pool_s2d`` (each conv + pool as one space-to-depth
-    convolution, :func:`s2e_jax.convs.conv_max_pool`): "on" / "off" as said; "auto" where measured
-    faster (docs/performance.md, "Execution defaults"): everywhere but inside ``lax.scan`` on XLA's CPU
-    backend with XLA's convolutions, and on a GPU with ``blockdiag`` or ``patches``."""
-    if setting != "auto":
-        return setting == "on"
-    return models_lib.auto_pool_s2d(conv_impl, driver, backend)
-
-
-def resolve_conv_impl(setting: str, driver: str, model_name: str, net_form: str,
-                      backend: Optional[str] = None) -> str:
-    """``TrainConfig.conv_impl`` -> the model's: as said, or "auto" by :func:`default_conv_impl`."""
-    return default_conv_impl(backend, driver, model_name, net_form) if setting == "auto" else setting
-
-
-def one_program_trainer(prep) -> Trainer:
-    """The trainer K trials in one program run (``vmap`` of the ``lax.scan`` epoch): ``prep.trainer``,
-    or, where ``pool_s2d`` or ``conv_impl`` is "auto" and resolves otherwise for the scan driver, the
-    same trainer with the model's so resolved (made once per ``prep``; same parameters, same results
-    to float rounding)."""
-    tr = prep.trainer
-    conv = resolve_conv_impl(getattr(prep.config, "conv_impl", "auto"), "scan", prep.model_name, "vmap")
-    want = dict(pool_s2d=resolve_pool_s2d(getattr(prep.config, "pool_s2d", "auto"), "scan", conv_impl=conv),
-                conv_impl=conv)
-    want = {k: v for k, v in want.items() if hasattr(tr.model, k) and getattr(tr.model, k) != v}
-    if not want:
-        return tr
-    cached = prep.__dict__.get("_one_program_trainer")
-    if cached is None:
-        cached = dataclasses.replace(tr, model=tr.model.clone(**want))
-        prep.__dict__["_one_program_trainer"] = cached
-    return cached
-
 
 def seed_keys(seed: int, num_nets: int):
     """``(net_keys [N], data_key)`` of a seed; network i's key does not depend on N."""

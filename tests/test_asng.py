@@ -10,7 +10,7 @@ import pytest
 
 from s2e_jax import asng, relaxation, schedules
 from s2e_jax.cli import main
-from s2e_jax.config import ConfigError, TrainConfig
+from s2e_jax.config import ConfigError, ExecutionConfig, TrainConfig
 
 S2E = schedules.get_space("s2e")
 COT = schedules.get_space("coteaching")
@@ -184,8 +184,8 @@ def test_cli_asng_end_to_end_and_train_reuses_its_schedule(tmp_path, capsys):
             "--batch-size", "64", "--decay-start", "1", "--seed", "0", "--no-progress", "--out", str(out)]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
-    for name in ("asng_config.json", "metrics.csv", "theta.jsonl", "best_schedule.json", "schedule.png",
-                 "result.json", "retrain/summary.json", "retrain/metrics.csv"):
+    for name in ("asng_config.json", "execution.json", "metrics.csv", "theta.jsonl", "best_schedule.json",
+                 "schedule.png", "result.json", "retrain/summary.json", "retrain/metrics.csv", "retrain/execution.json"):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "result.json").read_text()) == result
     rows = (out / "metrics.csv").read_text().strip().splitlines()
@@ -246,7 +246,8 @@ def test_loop_driver_equals_scan_driver():
     res = {}
     for driver in ("scan", "loop"):
         t = TrainConfig(dataset="digits", noise="pair", noise_rate=0.45, epochs=2, batch_size=64, decay_start=1,
-                        progress=False, seed=3, driver=driver, net_form="vmap")
+                        progress=False, seed=3,
+                        execution=ExecutionConfig(driver=driver, net_form="vmap"))
         res[driver] = asng.run(asng.AsngConfig(t, retrain=False), small)
     a, b = res["scan"], res["loop"]
     assert a["theta_updates"] == b["theta_updates"] > 0 and a["retrain"] is None

@@ -22,7 +22,8 @@ def test_train_end_to_end(tmp_path, capsys):
     assert abs(summary["actual_noise_rate"] - 0.45) < 0.06
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["noise"] == "pair" and cfg["model_resolved"] == "mlp"
-    assert cfg["conv_impl_resolved"] is None and cfg["pool_s2d_resolved"] is None  # the MLP has neither
+    plan = json.loads((out / "execution.json").read_text())  # the resolved execution plan: no "auto"
+    assert plan["conv_impl"] == "xla" and plan["pool_s2d"] is False and "auto" not in plan.values()
     # the same run directory is never overwritten
     before = (out / "summary.json").read_text()
     rc = main(["train", "--epochs", "1", "--out", str(out), "--no-progress"])

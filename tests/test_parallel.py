@@ -17,7 +17,7 @@ from s2e_jax import parallel, runs
 from s2e_jax import train as T
 from s2e_jax import trainer as trainer_lib
 from s2e_jax.cli import main
-from s2e_jax.config import ConfigError, TrainConfig
+from s2e_jax.config import ConfigError, ExecutionConfig, TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEDS = np.asarray([[0.5, 10.0, 1.0], [0.3, 2.0, 2.0], [0.1, 1.0, 1.0], [0.6, 3.0, 0.5],
@@ -34,11 +34,12 @@ def small_digits():
                         ds.y_val[:e], ds.x_test[:e], ds.y_test[:e], ds.num_classes)
 
 
-def _cfg(**kw):
+def _cfg(eval_batch_size=128, precision="float32", memory_budget_mib=None, **kw):
     base = dict(dataset="digits", noise="symmetric", noise_rate=0.5, epochs=2, batch_size=64,
-                decay_start=1, eval_batch_size=128, progress=False)
+                decay_start=1, progress=False)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig(execution=ExecutionConfig(eval_batch_size=eval_batch_size, precision=precision,
+                                                 memory_budget_mib=memory_budget_mib), **base)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,8 @@ def test_waves_give_the_same_results_as_one_wave(prep, capsys):
     assert "waves" in err and "memory budget" in err
     _agree(waved, one)
     # the config's budget is used when none is given
-    prep_b = dataclasses.replace(prep, config=prep.config.replace(memory_budget_mib=budget))
+    prep_b = dataclasses.replace(prep, config=prep.config.replace(
+        execution=prep.config.execution.replace(memory_budget_mib=budget)))
     _, rep_c = parallel.run_trials(prep_b, SCHEDS, SEEDS)
     assert rep_c.waves == 2
 
@@ -129,12 +131,6 @@ def test_a_budget_too_small_for_one_trial_is_a_clear_error(prep):
     with pytest.raises(ConfigError, match=r"memory_budget_mib: one trial per device needs .*, the shared data "
                                            r"[\d.]+ MiB of it \(raise the budget, .* smaller model\)"):
         parallel.run_trials(prep, SCHEDS[:1], SEEDS[:1], memory_budget_mib=0.01)
-    # Model 1 on stored stem patches (6.9x the images) is told how to shrink the shared data
-    from types import SimpleNamespace
-
-    from s2e_jax.models import get_model
-    assert "stem_patches off" in parallel._stem_hint(SimpleNamespace(model=get_model("model1", 10, stem_patches=True)))
-    assert parallel._stem_hint(SimpleNamespace(model=get_model("model1", 10))) == parallel._stem_hint(prep.trainer) == ""
     with pytest.raises(ConfigError, match="memory_budget_mib"):
         parallel.run_trials(prep, SCHEDS[:1], SEEDS[:1], memory_budget_mib=-1)
     with pytest.raises(ConfigError, match="memory_budget_mib"):

@@ -11,7 +11,7 @@ import pytest
 
 from s2e_jax import data as data_lib
 from s2e_jax import search_run
-from s2e_jax.config import ConfigError, TrainConfig
+from s2e_jax.config import ConfigError, ExecutionConfig, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_search_writes_its_run_dir_and_resumes_after_a_crash(tmp_path, small_dig
     for name in ("schedule.png", "search_efficiency.png", "search_config.json"):
         assert (tmp_path / "ref" / name).exists(), name
     plan = json.loads((tmp_path / "ref" / "newton" / "execution.json").read_text())  # "auto" resolved
-    assert plan["trials"] == "sequential" and plan["backend"] == "cpu" and "auto" not in plan.values()
+    assert plan["one_program"] is False and plan["backend"] == "cpu" and "auto" not in plan.values()
     recs = _trials(tmp_path / "ref")
     assert len(recs) == 6 and all(len(r["curve"]) == 3 and r["curve"][0] == 1.0 for r in recs)
 
@@ -150,11 +150,12 @@ def test_identity_leaves_out_default_fields_added_later(tmp_path):
 
 
 def test_identity_leaves_out_how_trainings_run(tmp_path):
-    """How a training runs (forms, drivers, convolutions, Model 1's stored stem patches, ...) is not
-    what it computes: a search resumes across them; the data's noise is part of it."""
+    """How a training runs (forms, drivers, convolutions, ...) is not what it computes: a search resumes
+    across them; the data's noise is part of it."""
     c = _cfg(tmp_path)
     ident = search_run._identity(c)
-    c.train = c.train.replace(stem_patches="on", conv_impl="slices", pool_s2d="off", driver="loop", eval_batch_size=7)
+    c.train = c.train.replace(execution=ExecutionConfig(conv_impl="slices", pool_s2d="off", driver="loop",
+                                                        eval_batch_size=7))
     assert search_run._identity(c) == ident
     c.train = c.train.replace(noise_rate=0.3)
     assert search_run._identity(c) != ident
@@ -209,3 +210,68 @@ def test_a_search_that_stopped_before_training_does_not_block_the_corrected_reru
     other.train = other.train.replace(noise_rate=0.2)
     with pytest.raises(ConfigError, match="holds a search with other settings"):
         search_run.run(other, small_digits)
+
+
+def test_common_seed_shares_the_training_seed_within_an_iteration(tmp_path, small_digits, monkeypatch):
+    """common_seed: the K trainings of an iteration get one training seed (distinct between iterations);
+    without it each training its own. A search killed mid-iteration resumes to the same trainings."""
+    seen = []
+    original = search_run.train_lib.train_trials
+
+    def spy(prep, scheds, seeds, **kw):
+        seen.extend(int(s) for s in seeds)
+        return original(prep, scheds, seeds, **kw)
+
+    monkeypatch.setattr(search_run.train_lib, "train_trials", spy)
+
+    def cfg(out, common):
+        c = _cfg(out, algo="random", iterations=2)
+        c.common_seed = common
+        return c
+
+    search_run.run(cfg(tmp_path / "own", False), small_digits)
+    assert len(seen) == 4 and len(set(seen)) == 4
+    seen.clear()
+    search_run.run(cfg(tmp_path / "common", True), small_digits)
+    assert len(seen) == 4 and seen[0] == seen[1] and seen[2] == seen[3] and seen[0] != seen[2]
+    assert seen[0] == search_run.trial_seed(1, 0) and seen[2] == search_run.trial_seed(1, 2)
+    ref = _trials(tmp_path / "common", algo="random")
+
+    # killed after the first training of iteration 2: the resumed one trains the second with the shared seed
+    crashed = tmp_path / "crash"
+    append = search_run.runs.append_line
+    calls = {"n": 0}
+
+    def crashing_append(path, line):
+        append(path, line)
+        if path.endswith("trials.jsonl"):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(search_run.runs, "append_line", crashing_append)
+    with pytest.raises(KeyboardInterrupt):
+        search_run.run(cfg(crashed, True), small_digits)
+    monkeypatch.setattr(search_run.runs, "append_line", append)
+    seen.clear()
+    search_run.run(cfg(crashed, True), small_digits)
+    assert seen == [search_run.trial_seed(1, 2)]
+    assert _trials(crashed, algo="random") == ref
+
+
+def test_common_seed_joins_the_identity_only_when_on_and_refuses_hyperband(tmp_path, small_digits):
+    c = _cfg(tmp_path / "s", algo="random", iterations=1)
+    ident = search_run._identity(c)
+    assert "common_seed" not in ident  # directories made before the option still resume
+    search_run.run(c, small_digits)
+    c.common_seed = True
+    assert search_run._identity(c) != ident
+    with pytest.raises(ConfigError, match="holds a search with other settings"):
+        search_run.run(c, small_digits)
+    hb = _cfg(tmp_path / "hb", algo="hyperband")
+    hb.common_seed = True
+    with pytest.raises(ConfigError, match="common_seed: hyperband"):
+        hb.validate()
+    c.common_seed = 1
+    with pytest.raises(ConfigError, match="common_seed: expected"):
+        c.validate()

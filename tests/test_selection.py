@@ -52,17 +52,3 @@ def test_every_method_has_a_spec():
         spec = selection.get_rule(m)
         assert spec.num_nets in (1, 2) and (spec.rule is None) != (spec.weights_fn is None)
     assert selection.get_rule("coteaching_plus", init_epochs=7).rule.keywords == {"init_epochs": 7}
-
-
-def test_a_rule_without_the_batch_argument_is_still_called():
-    """Rules written for ``rule(losses, logits, labels, r, epoch)`` keep working in the trainer."""
-    def old(losses, logits, labels, r, epoch):
-        return selection.coteaching_rule(losses, logits, labels, r, epoch)
-
-    losses = jnp.asarray([[0.1, 0.9, 0.2], [0.9, 0.1, 0.2]])
-    got = selection.apply_rule(old, losses, None, None, 0.67, 0, 5)
-    want = selection.coteaching_rule(losses, None, None, 0.67, 0)
-    np.testing.assert_array_equal(got[0], want[0])
-    seen = []
-    selection.apply_rule(lambda *a: seen.append(a[5]) or want, losses, None, None, 0.67, 0, 5)
-    assert seen == [5]  # the current interface gets the batch index

@@ -8,9 +8,12 @@ import optax
 import pytest
 
 from s2e_jax import data as data_lib
+from s2e_jax import models as models_lib
 from s2e_jax import selection
 from s2e_jax import train as T
-from s2e_jax.config import ConfigError, TrainConfig
+from s2e_jax.config import ConfigError, ExecutionConfig, TrainConfig
+
+EXECUTION = {f.name for f in dataclasses.fields(ExecutionConfig)}
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +22,16 @@ def digits():
 
 
 def _cfg(**kw):
+    """A small training; execution settings (net_form, driver, ...) go to its ``execution`` group."""
     base = dict(dataset="digits", noise="symmetric", noise_rate=0.5, epochs=3, batch_size=64,
                 decay_start=1, progress=False)
-    base.update(kw)
-    return TrainConfig(**base)
+    base.update({k: v for k, v in kw.items() if k not in EXECUTION})
+    return TrainConfig(execution=ExecutionConfig(**{k: v for k, v in kw.items() if k in EXECUTION}), **base)
+
+
+def _ex(cfg, **kw):
+    """``cfg`` with execution settings changed."""
+    return cfg.replace(execution=cfg.execution.replace(**kw))
 
 
 def _run(prep, seed=0, sched=None, epochs=None):
@@ -30,8 +39,8 @@ def _run(prep, seed=0, sched=None, epochs=None):
     rows = []
     for _ in range(epochs or prep.trainer.epochs):
         carry, m = prep.trainer.run_epoch(carry, prep.data)
-        rows.append(T._host(m))
-    return carry, T._stack_epochs(rows)
+        rows.append(T.to_host(m))
+    return carry, T.stack_epochs(rows)
 
 
 def test_network_1_learns_only_from_network_2s_kept_samples(digits):
@@ -74,7 +83,7 @@ def test_coteaching_with_R_one_equals_two_standard_trainings(digits):
         carry = prep.trainer.init(keys, k_data, prep.sched, prep.data.x_train)
         for _ in range(2):
             carry, m = prep.trainer.run_epoch(carry, prep.data)
-        return T._host(m)
+        return T.to_host(m)
 
     m2 = run(cot, net_keys)
     for i in range(2):
@@ -95,25 +104,24 @@ def test_same_seed_same_metrics_other_seed_differs(digits):
 
 
 def test_compiles_once_for_a_run_and_for_two_schedules(digits):
-    prep = T.prepare(_cfg(epochs=4), digits)
+    prep = T.prepare(_cfg(epochs=4, driver="scan"), digits)
     _run(prep, 0)
     _run(prep, 1, sched=np.asarray([0.2, 5.0, 2.0], np.float32))
-    assert prep.trainer.epoch_fn._cache_size() == 1
+    assert prep.trainer.run_epoch._cache_size() == 1
 
 
 def test_loop_driver_compiles_once(digits):
     prep = T.prepare(_cfg(epochs=3, driver="loop"), digits)
     _run(prep, 0)
     _run(prep, 1, sched=np.asarray([0.2, 5.0, 2.0], np.float32))
-    assert prep.trainer.step_fn._cache_size() == 1
-    assert prep.trainer.begin_fn._cache_size() == 1
+    assert prep.trainer.run_epoch.step_fn._cache_size() == 1
+    assert prep.trainer.run_epoch.begin_fn._cache_size() == 1
 
 
-@pytest.mark.parametrize("form", ["unroll", "fused"])
-def test_net_forms_and_drivers_agree_mlp(digits, form):
+def test_net_forms_and_drivers_agree_mlp(digits):
     ref = _run(T.prepare(_cfg(net_form="vmap", driver="scan"), digits))[1]
     for driver in ("scan", "loop"):
-        got = _run(T.prepare(_cfg(net_form=form, driver=driver), digits))[1]
+        got = _run(T.prepare(_cfg(net_form="fused", driver=driver), digits))[1]
         for k in ("train_loss", "val_loss", "label_precision"):
             np.testing.assert_allclose(got[k], ref[k], rtol=2e-4, atol=1e-5)
 
@@ -125,106 +133,86 @@ def _cifar_like(n=48, seed=0):
     return data_lib.Dataset("cifar_like", x, y, y, x[:16], y[:16], x[16:32], y[16:32], 10)
 
 
-@pytest.mark.parametrize("model, forms", [("model1", ("vmap", "unroll", "fused")),
-                                          ("model3", ("unroll", "fused"))])  # vmapped Model 3: minutes on a CPU
-def test_net_forms_give_the_same_loss_and_gradients_conv(model, forms):
-    """vmap, unroll and fused compute the same Co-teaching loss, selection and gradients
-    (Model 3: BatchNorm statistics and dropout keys per network)."""
+def _plain_loss(prep, params, batch_stats, xb, yb, r, key):
+    """Algorithm 1's loss written plainly: each network on its own (its own BatchNorm statistics and
+    dropout key, XLA's convolutions), then the rule across them; ``(sum of losses, (per net, kept, stats))``."""
+    model = models_lib.get_model(prep.model_name, 10)
+    take = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)  # noqa: E731
+    logits, stats = [], []
+    for i in range(prep.trainer.num_nets):
+        out, upd = model.apply({"params": take(params, i), "batch_stats": take(batch_stats, i)}, xb, train=True,
+                               rngs={"dropout": jax.random.fold_in(key, i)}, mutable=["batch_stats"])
+        logits.append(out)
+        stats.append(upd["batch_stats"])
+    logits = jnp.stack(logits)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb[None])
+    w, kept = prep.trainer.rule(jax.lax.stop_gradient(losses), jax.lax.stop_gradient(logits), yb, r, 0, 0)
+    per_net = (w * losses).sum(1) / jnp.maximum(w.sum(1), 1e-12)
+    return per_net.sum(), (per_net, kept, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *stats))
+
+
+@pytest.mark.parametrize("model, forms", [("model1", ("vmap", "fused")),
+                                          ("model3", ("fused",))])  # vmapped Model 3: minutes on a CPU
+def test_net_forms_give_the_loss_and_gradients_of_the_plain_computation(model, forms):
+    """vmap and fused compute the Co-teaching loss, selection, gradients and BatchNorm statistics of
+    each network computed on its own (Model 3: BatchNorm statistics and dropout keys per network)."""
     ds = _cifar_like()
     cfg = _cfg(dataset="cifar_like", model=model, epochs=1, batch_size=8, eval_batch_size=16)
-    preps = {f: T.prepare(cfg.replace(net_form=f, driver="loop"), ds) for f in forms}
-    carry = T.init_carry(preps["unroll"], 0)
-    d = preps["unroll"].data
+    preps = {f: T.prepare(_ex(cfg, net_form=f, driver="loop"), ds) for f in forms}
+    first = preps[forms[0]]
+    carry = T.init_carry(first, 0)
+    d = first.data
     xb = T.normalize(d.x_train[:8], d.mean, d.std)
-    out = {}
+    args = (carry.params, carry.batch_stats, xb, d.y_train[:8], 0.5, jax.random.PRNGKey(1))
+    ref_g, (ref_loss, ref_kept, ref_bs) = jax.jit(jax.grad(lambda *a: _plain_loss(first, *a), has_aux=True))(*args)
     for f, prep in preps.items():
-        fn = jax.jit(jax.grad(prep.trainer.loss, has_aux=True))
-        out[f] = fn(carry.params, carry.batch_stats, xb, d.y_train[:8], 0.5, jax.random.PRNGKey(1))
-    ref_g, (ref_loss, ref_kept, ref_bs) = out["unroll"]
-    for f in forms[1:] if forms[0] == "unroll" else ("vmap", "fused"):
-        g, (loss, kept, bs) = out[f]
+        g, (loss, kept, bs) = jax.jit(jax.grad(prep.trainer.loss, has_aux=True))(*args)
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-4)
         np.testing.assert_array_equal(kept, ref_kept)
         for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(ref_g)):
-            # float32 summation order differs (grouped / fused vs plain convs); BatchNorm over a batch
-            # of 8 amplifies it in single entries of Model 3's gradients, so compare whole tensors:
-            # a wrong form (another network's kept set, stats or dropout key) moves them by O(1)
+            # float32 summation order differs (fused vs plain convs); BatchNorm over a batch of 8
+            # amplifies it in single entries of Model 3's gradients, so compare whole tensors: a wrong
+            # form (another network's kept set, stats or dropout key) moves them by O(1)
             a, b = np.asarray(a), np.asarray(b)
-            assert np.linalg.norm(a - b) <= 1e-2 * np.linalg.norm(b) + 1e-6
+            assert np.linalg.norm(a - b) <= 1e-2 * np.linalg.norm(b) + 1e-6, f
         for a, b in zip(jax.tree_util.tree_leaves(bs), jax.tree_util.tree_leaves(ref_bs)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["patches", "slices", "blockdiag"])
-def test_conv_impl_trains_like_xla(impl):
-    """``conv_impl`` reaches the trainer's model and gives the same epoch (float rounding), for one
-    training and for K trainings in one program (blockdiag: the trials' networks stacked)."""
+def test_slices_convolutions_train_like_xla():
+    """``conv_impl`` slices reaches the trainer's model and gives the same epochs (float rounding) as
+    XLA's convolutions, for one training and for K trainings in one program."""
     ds = _cifar_like()
     cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
-               net_form="vmap", driver="loop")
-    other = T.prepare(cfg.replace(conv_impl=impl), ds)
-    assert other.trainer.model.conv_impl == impl
-    xla = T.prepare(cfg.replace(conv_impl="xla"), ds)  # named: "auto" is slices in a CPU one program
-    assert xla.trainer.model.conv_impl == T.default_conv_impl() == "xla"
+               net_form="vmap", driver="loop", pool_s2d="off")
+    other, xla = T.prepare(_ex(cfg, conv_impl="slices"), ds), T.prepare(_ex(cfg, conv_impl="xla"), ds)
+    assert (other.trainer.model.conv_impl, xla.trainer.model.conv_impl) == ("slices", "xla")
     ref, got = _run(xla)[1], _run(other)[1]
     keys = ("train_loss", "val_loss", "label_precision", "kept_fraction")
     for k in keys:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
-    if impl == "blockdiag":  # (slices in the one program: test_conv_impl_auto_follows_the_driver...)
-        scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0], [0.4, 1.0, 1.0]], np.float32)
-        many = [T.train_trials(p, scheds, [3, 4, 5], one_program=True) for p in (xla, other)]
-        for k in keys:
-            np.testing.assert_allclose(many[1][k], many[0][k], rtol=1e-4, atol=1e-6, err_msg=k)
-    with pytest.raises(ConfigError, match=r"conv_impl: .*'fft'.*auto, xla, patches, slices, blockdiag"):
-        cfg.replace(conv_impl="fft").validate()
+    scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0], [0.4, 1.0, 1.0]], np.float32)
+    many = [T.train_trials(p, scheds, [3, 4, 5], one_program=True) for p in (xla, other)]
+    for k in keys:
+        np.testing.assert_allclose(many[1][k], many[0][k], rtol=1e-4, atol=1e-6, err_msg=k)
+    with pytest.raises(ConfigError, match=r"conv_impl: .*'fft'.*auto, xla, slices"):
+        _ex(cfg, conv_impl="fft").validate()
 
 
 @pytest.mark.parametrize("form", ["fused", "vmap"])
 def test_pool_s2d_trains_like_conv_then_pool(form):
-    """``pool_s2d`` reaches the trainer's Model 1 (auto: on with the loop driver, CPU and GPU) and gives
-    the same epoch to float rounding: the fused stem and the vmapped networks alike."""
+    """``pool_s2d`` reaches the trainer's Model 1 and gives the same epoch to float rounding: the fused
+    stem and the vmapped networks alike."""
     ds = _cifar_like()
     cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
                net_form=form, driver="loop")
-    on, off = T.prepare(cfg.replace(pool_s2d="on"), ds), T.prepare(cfg.replace(pool_s2d="off"), ds)
+    on, off = T.prepare(_ex(cfg, pool_s2d="on"), ds), T.prepare(_ex(cfg, pool_s2d="off"), ds)
     assert (on.trainer.model.pool_s2d, off.trainer.model.pool_s2d) == (True, False)
-    assert T.prepare(cfg, ds).trainer.model.pool_s2d is True
     ref, got = _run(off)[1], _run(on)[1]
     for k in ("train_loss", "val_loss", "val_acc", "label_precision", "kept_fraction"):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
     with pytest.raises(ConfigError, match=r"pool_s2d: .*'yes'.*auto, on, off"):
-        cfg.replace(pool_s2d="yes").validate()
-
-
-@pytest.mark.parametrize("form, driver", [("fused", "loop"), ("vmap", "scan")])
-def test_stem_patches_train_like_images(form, driver):
-    """``stem_patches`` stores Model 1's conv0 patches as the data (uint8, every split) and gives the
-    same epochs to float rounding: the CPU's fused stem with its loop, the vmapped networks in
-    lax.scan, and K trials in one program; off is the default, other models are refused."""
-    ds = _cifar_like()
-    # channels of their own statistics, so that a patch feature normalized as another channel shows
-    ds = dataclasses.replace(ds, **{k: getattr(ds, k) // np.array([8, 2, 1], np.uint8) + np.array([0, 120, 0], np.uint8)
-                                    for k in ("x_train", "x_val", "x_test")})
-    cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
-               net_form=form, driver=driver)
-    on, off = T.prepare(cfg.replace(stem_patches="on"), ds), T.prepare(cfg, ds)
-    assert (on.trainer.model.stem_patches, off.trainer.model.stem_patches) == (True, False)
-    for split in ("x_train", "x_val", "x_test"):
-        a = getattr(on.data, split)
-        assert a.dtype == jnp.uint8 and a.shape[1:] == (14, 14, 108), split
-    np.testing.assert_array_equal(np.asarray(on.data.mean), np.tile(np.asarray(off.data.mean), 36))
-    ref, got = _run(off)[1], _run(on)[1]
-    for k in ("train_loss", "val_loss", "val_acc", "test_loss", "label_precision", "kept_fraction"):
-        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
-    if form == "vmap":
-        scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0]], np.float32)
-        many = [T.train_trials(p, scheds, [3, 4], one_program=True) for p in (off, on)]
-        for k in ("train_loss", "val_loss", "label_precision"):
-            np.testing.assert_allclose(many[1][k], many[0][k], rtol=1e-4, atol=1e-6, err_msg=k)
-    with pytest.raises(ConfigError, match=r"stem_patches: .*'yes'.*off, on"):
-        cfg.replace(stem_patches="yes").validate()
-    with pytest.raises(ConfigError, match=r"stem_patches: only Model 1's first layer .* not model3's"):
-        T.prepare(cfg.replace(model="model3", stem_patches="on"), ds)
+        _ex(cfg, pool_s2d="yes").validate()
 
 
 def test_drivers_agree_conv():
@@ -232,8 +220,8 @@ def test_drivers_agree_conv():
     ds = _cifar_like()
     cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
                net_form="fused")
-    ref = _run(T.prepare(cfg.replace(driver="loop"), ds))[1]
-    got = _run(T.prepare(cfg.replace(driver="scan"), ds))[1]
+    ref = _run(T.prepare(_ex(cfg, driver="loop"), ds))[1]
+    got = _run(T.prepare(_ex(cfg, driver="scan"), ds))[1]
     for k in ("train_loss", "val_loss", "label_precision"):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-6)
 
@@ -314,63 +302,21 @@ def test_channel_stats_are_exact_for_large_uint8_data():
     np.testing.assert_allclose(T.channel_stats(f)[0], T.channel_stats(x)[0], rtol=1e-6)
 
 
-def test_conv_impl_auto_follows_the_driver_and_the_one_program():
-    """"auto" is slices only where measured faster: Model 1 vmapped inside lax.scan (the scan driver,
-    K trials in one program; CPU and H100); XLA's convolution elsewhere and whatever the user names."""
-    assert T.default_conv_impl() == "xla" and T.default_conv_impl("cpu", "loop", "model1") == "xla"
-    assert T.default_conv_impl("cpu", "scan", "model1", "vmap") == "slices"
-    assert T.default_conv_impl("gpu", "scan", "model1", "vmap") == "slices"  # H100: gpu_h100/trials
-    assert T.default_conv_impl("gpu", "scan", "model2", "vmap") == "xla"
-    assert T.default_conv_impl("cpu", "scan", "model2", "vmap") == "xla"
-    assert T.default_conv_impl("cpu", "scan", "model1", "fused") == "xla"  # not measured
-    assert T.resolve_conv_impl("blockdiag", "scan", "model1", "vmap", "cpu") == "blockdiag"
+def test_k_trials_in_one_program_run_the_plans_trainer_and_equal_trials_in_sequence():
+    """A CPU training's plan (fused, loop, XLA's convolutions) is not the one K trials in one program
+    run: ``trainer_for(True)`` is built once by the plan for it (vmap, slices, pool_s2d) and gives the
+    trainings in sequence to float rounding."""
     ds = _cifar_like()
-    cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
-               net_form="vmap", driver="loop")
+    cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16)
     loop = T.prepare(cfg, ds)
-    assert loop.trainer.model.conv_impl == "xla"
-    assert T.prepare(cfg.replace(driver="scan"), ds).trainer.model.conv_impl == "slices"
-    assert T.prepare(cfg.replace(driver="scan", net_form="fused"), ds).trainer.model.conv_impl == "xla"
-    one = T.one_program_trainer(loop)
-    assert one.model.conv_impl == "slices" and one.model.pool_s2d is True  # slices + s2d
-    named = T.prepare(cfg.replace(conv_impl="xla", pool_s2d="off"), ds)
-    assert T.one_program_trainer(named) is named.trainer
+    if loop.plan.backend == "cpu":
+        assert (loop.plan.net_form, loop.plan.driver, loop.plan.one_program) == ("fused", "loop", False)
+    one = loop.trainer_for(True)
+    assert one is loop.trainer_for(True) and loop.trainer_for(False) is loop.trainer
+    assert (one.net_form, one.model.conv_impl, one.model.pool_s2d) == ("vmap", "slices", True)
+    assert T.prepare(cfg, ds, trials="one_program").trainer.model.conv_impl == "slices"
     scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0]], np.float32)
     many = T.train_trials(loop, scheds, [3, 4], one_program=True)
-    assert "_sharded" in one.__dict__ and (one is loop.trainer or "_sharded" not in loop.trainer.__dict__)
-    ref = T.train_trials(named, scheds, [3, 4], one_program=True)  # XLA's convolutions, same program
-    for k in ("train_loss", "val_loss", "label_precision"):
-        np.testing.assert_allclose(many[k], ref[k], rtol=1e-4, atol=1e-6, err_msg=k)
-
-
-def test_pool_s2d_auto_follows_the_driver_and_the_one_program():
-    """"auto" is on where measured faster: the CPU's loop driver, convolutions as slices (what K
-    trials in one program, a vmapped lax.scan, use on CPU and GPU) and GPUs (H100); the CPU's scan
-    driver with XLA's convolutions gets Model 1 without it. Same parameters and results either way."""
-    cpu = jax.default_backend() == "cpu"
-    assert T.resolve_pool_s2d("auto", "loop", "cpu") and not T.resolve_pool_s2d("auto", "scan", "cpu")
-    assert T.resolve_pool_s2d("auto", "loop", "gpu") and T.resolve_pool_s2d("auto", "scan", "gpu")  # H100
-    assert T.resolve_pool_s2d("on", "scan", "gpu") and not T.resolve_pool_s2d("off", "loop", "cpu")
-    assert T.resolve_pool_s2d("auto", "scan", "cpu", "slices") and T.resolve_pool_s2d("auto", "scan", "gpu", "slices")
-    assert not T.resolve_pool_s2d("auto", "scan", "gpu", "blockdiag")  # H100, 8 trials: 0.85x
-    assert T.resolve_pool_s2d("auto", "loop", "cpu", "blockdiag")
-    assert not T.resolve_pool_s2d("off", "scan", "cpu", "slices")
-    ds = _cifar_like()
-    cfg = _cfg(dataset="cifar_like", model="model1", epochs=1, batch_size=16, eval_batch_size=16,
-               net_form="fused", driver="loop")
-    loop = T.prepare(cfg, ds)
-    assert loop.trainer.model.pool_s2d is True
-    assert T.prepare(cfg.replace(driver="scan"), ds).trainer.model.pool_s2d is (not cpu)
-    one = T.one_program_trainer(loop)
-    assert one.model.pool_s2d is True and T.one_program_trainer(loop) is one  # made once (slices + s2d)
-    xla = T.prepare(cfg.replace(conv_impl="xla"), ds)  # XLA's convolutions in the one program: without
-    assert T.one_program_trainer(xla).model.pool_s2d is (not cpu)
-    assert one.net_form == loop.trainer.net_form and one.epochs == loop.trainer.epochs
-    forced = T.prepare(cfg.replace(pool_s2d="on", conv_impl="xla"), ds)
-    assert T.one_program_trainer(forced) is forced.trainer  # "on" (and a named conv_impl) is kept
-    scheds = np.asarray([[0.5, 10.0, 1.0], [0.2, 2.0, 2.0]], np.float32)
-    many = T.train_trials(loop, scheds, [3, 4], one_program=True)
-    assert "_sharded" in one.__dict__ and (one is loop.trainer or "_sharded" not in loop.trainer.__dict__)
     seq = T.train_trials(loop, scheds, [3, 4], one_program=False)
     for k in ("train_loss", "val_loss", "label_precision"):
         np.testing.assert_allclose(many[k], seq[k], rtol=1e-4, atol=1e-6, err_msg=k)
