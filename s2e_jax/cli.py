@@ -20,7 +20,7 @@ def _add_train_args(p: argparse.ArgumentParser):
     p.add_argument("--dataset", default=d.dataset, help="digits | mnist | cifar10 | cifar100 | path to an .npz")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
     p.add_argument("--label-file", default=None, help=".npy of noisy training labels (e.g. CIFAR-10N)")
-    p.add_argument("--noise", default=d.noise, choices=NOISES)
+    p.add_argument("--noise", default=d.noise, help=" | ".join(NOISES))
     p.add_argument("--noise-rate", type=float, default=d.noise_rate)
     p.add_argument("--noise-seed", type=int, default=None, help="seed of the label noise (default: --seed)")
     p.add_argument("--model", default=d.model, help="auto | mlp | model1 | model2 | model3 (Table 4)")
@@ -42,17 +42,17 @@ def _add_train_args(p: argparse.ArgumentParser):
     e = ExecutionConfig()
     a = p.add_argument_group("advanced: how it runs (every choice computes the same, to float rounding; auto: "
                              "the execution plan, docs/performance.md)")
-    a.add_argument("--net-form", default=e.net_form, choices=NET_FORMS,
-                   help="the network axis: vmap, or fused (a Python loop, the first layers as one)")
-    a.add_argument("--driver", default=e.driver, choices=DRIVERS,
-                   help="an epoch: scan (one jitted lax.scan) or loop (a Python loop of jitted steps)")
-    a.add_argument("--conv-impl", default=e.conv_impl, choices=CONV_IMPLS,
-                   help="convolutions: XLA's, or slices (patches x kernel, s2e_jax/convs.py)")
-    a.add_argument("--pool-s2d", default=e.pool_s2d, choices=POOL_S2D,
-                   help="Model 1's conv + 2x2 max-pool as one space-to-depth convolution")
+    a.add_argument("--net-form", default=e.net_form,
+                   help=" | ".join(NET_FORMS) + ": the network axis (fused: a loop, first layers as one)")
+    a.add_argument("--driver", default=e.driver,
+                   help=" | ".join(DRIVERS) + ": an epoch as one lax.scan, or a loop of jitted steps")
+    a.add_argument("--conv-impl", default=e.conv_impl,
+                   help=" | ".join(CONV_IMPLS) + ": convolutions: XLA's, or slices x kernel (convs.py)")
+    a.add_argument("--pool-s2d", default=e.pool_s2d,
+                   help=" | ".join(POOL_S2D) + ": Model 1's conv + 2x2 max-pool as one space-to-depth convolution")
     a.add_argument("--eval-batch-size", type=int, default=e.eval_batch_size)
-    a.add_argument("--precision", default=e.precision, choices=PRECISIONS,
-                   help="bfloat16: bf16 compute on float32 master weights")
+    a.add_argument("--precision", default=e.precision,
+                   help=" | ".join(PRECISIONS) + ": bfloat16 is bf16 compute on float32 master weights")
     a.add_argument("--memory-budget-mib", type=float, default=e.memory_budget_mib,
                    help="per-device memory for K trials in one program; more are split into waves "
                         "(default: 90%% of a GPU/TPU's limit; on a CPU half the RAM)")
@@ -95,14 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="one training (Algorithm 1)")
     _add_train_args(t)
     d = TrainConfig()
-    t.add_argument("--method", default=d.method, choices=METHODS)
+    t.add_argument("--method", default=d.method, help=" | ".join(METHODS))
     t.add_argument("--tau", type=_float_or_auto, default=d.tau,
                    help="eq. (1) tau, or auto: estimated from the noisy data (docs/noise_rate.md) (default: the "
                         "noise rate; auto with --noise none or --label-file)")
     t.add_argument("--tau-warmup-epochs", type=_int_or_auto, default=d.tau_warmup_epochs,
                    help="--tau auto: epochs of the standard network that estimates the noise rate (auto: by the "
                         "steps per epoch)")
-    t.add_argument("--tau-estimator", default=d.tau_estimator, choices=TAU_ESTIMATORS, help="--tau auto's estimator")
+    t.add_argument("--tau-estimator", default=d.tau_estimator,
+                   help=" | ".join(TAU_ESTIMATORS) + ": --tau auto's estimator")
     t.add_argument("--t-k", type=float, default=d.t_k, help="eq. (1) t_k")
     t.add_argument("--c", type=float, default=d.c, help="eq. (1) c")
     t.add_argument("--schedule", default=d.schedule, help="best_schedule.json from a search")
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fcorrection: .npy of the (C, C) noise transition matrix (default: estimate it)")
     t.add_argument("--fcorr-warmup-epochs", type=int, default=d.fcorr_warmup_epochs,
                    help="fcorrection: epochs of the standard network that estimates T (default: --epochs)")
-    t.add_argument("--fcorr-estimator", default=d.fcorr_estimator, choices=FCORR_ESTIMATORS, help="fcorrection's T")
+    t.add_argument("--fcorr-estimator", default=d.fcorr_estimator,
+                   help=" | ".join(FCORR_ESTIMATORS) + ": fcorrection's T")
     t.add_argument("--out", default=None, help="run directory (must not exist or be empty, or hold an unfinished "
                                                 "training of the same config: it resumes)")
     t.add_argument("--report-issues", type=int, default=0, metavar="K",
