@@ -206,8 +206,8 @@ class Trainer:
         set_("tx", tx)
         set_("steps_per_epoch", self.n_train // self.batch_size)  # drop_last, as Co-teaching's loader
         pieces = (self.begin_epoch, self.step, self.end_epoch, self.evaluate, self.steps_per_epoch)
-        set_("epoch", drivers.scan_epoch(*pieces))  # pure: (carry, data) -> (carry, metrics)
-        set_("run_epoch", drivers.epoch_runner(self.driver, *pieces))
+        set_("scan_epoch", drivers.scan_epoch(*pieces))  # pure: (carry, data) -> (carry, metrics)
+        set_("runner", drivers.epoch_runner(self.driver, *pieces))
         set_("init_fn", jax.jit(self.initial_carry, static_argnums=3, compiler_options=init_compiler_options()))
         set_("eval_chunk_fn", jax.jit(self._eval_chunk))
         set_("proba_fn", jax.jit(self._proba))
@@ -326,6 +326,17 @@ class Trainer:
         seen = carry.seen.at[idx].add(1.0)
         return carry._replace(params=params, batch_stats=new_bs, opt_state=opt_state, selected=selected,
                               seen=seen), stats
+
+    # ------------------------------------------------------------------ an epoch
+    def epoch(self, carry: Carry, data: DeviceData):
+        """One epoch as one pure function (a ``lax.scan`` over the batches): ``(carry, metrics)``.
+        K trials in one program are a ``vmap`` of it (:mod:`s2e_jax.parallel`)."""
+        return self.scan_epoch(carry, data)
+
+    def run_epoch(self, carry: Carry, data: DeviceData):
+        """One epoch run by this trainer's driver (:mod:`s2e_jax.drivers`): ``(carry, metrics)``; no
+        host sync inside."""
+        return self.runner(carry, data)
 
     # ------------------------------------------------------------------ epoch pieces (s2e_jax.drivers)
     def begin_epoch(self, carry: Carry, data: DeviceData):

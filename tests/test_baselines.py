@@ -147,7 +147,7 @@ def test_transition_file_is_traced_not_compiled_in(digits, tmp_path):
     carry = T.init_carry(prep, 0)
     a, _ = prep.trainer.run_epoch(carry, prep.data)
     b, _ = prep.trainer.run_epoch(carry, prep.data._replace(transition=jnp.asarray(t2, jnp.float32)))
-    assert prep.trainer.epoch_fn._cache_size() == 1  # another T, same program
+    assert prep.trainer.runner._cache_size() == 1  # another T, same program
     assert not np.allclose(jax.tree_util.tree_leaves(a.params)[0], jax.tree_util.tree_leaves(b.params)[0])
     # and the step's loss is the forward-corrected one
     idx = jnp.arange(64)

@@ -5,7 +5,6 @@ import json
 import os
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -185,97 +184,3 @@ def test_bad_arguments_give_one_clear_message(tmp_path, capsys, argv, field):
         paper.main_guard(lambda: fig3.main(["--dataset", "digits", "--out", str(tmp_path)] + argv))
     assert e.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {field}:")
-
-
-def test_profile_trials_sums_kernel_time_of_the_stream_by_kind():
-    """profile_trials.py: kernel time is read off the device's kernel stream (not the XLA Ops line
-    that overlaps it), classified by name, and its fraction of the wall is the busy fraction."""
-    import profile_trials as P
-
-    assert P.kind_of("void cutlass::Kernel2<cutlass_80_tensorop_s1688gemm_64x128>") == "matmul"
-    assert P.kind_of("sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n") == "matmul"
-    assert P.kind_of("gemm_fusion_dot_27") == "matmul"
-    assert P.kind_of("cudnn::conv2d_grouped_direct_kernel") == "convolution"
-    assert P.kind_of("sort_14_1") == "sort / top-k"
-    assert P.kind_of("memcpy32_post") == P.kind_of("loop_transpose_fusion") == "copy / transpose"
-    assert P.kind_of("input_reduce_fusion_1") == "reduction"
-    assert P.kind_of("loop_concatenate_fusion") == P.kind_of("loop_convert_fusion") == "other fusion"
-    assert P.kind_of("sm90_xmma_fprop_implicit_gemm_f32f32_tf32f32") == "convolution"
-    lines = {"/device:GPU:0 Stream #14(Memset,Compute)": [("gemm_fusion_dot", 3000), ("loop_concatenate_fusion", 5000),
-                                                          ("sort_1", 1000), ("gemm_fusion_dot", 1000)],
-             "/device:GPU:0 XLA Ops": [("fusion.1", 50000)]}
-    text = P.report("t", 2e-5, lines, top=2)
-    assert "'/device:GPU:0 Stream #14(Memset,Compute)': 4 kernels, 0.0 ms = 50% of wall" in text
-    assert "matmul                  0.00 ms   40.0%" in text and "other fusion            0.01 ms   50.0%" in text
-    assert "sort / top-k            0.00 ms   10.0%" in text
-    costly = text.split("(total ms, calls, mean us):")[1].strip().splitlines()
-    assert len(costly) == 2 and costly[0].endswith("loop_concatenate_fusion") and costly[1].endswith("gemm_fusion_dot")
-    assert costly[1].split()[:3] == ["0.00", "2", "2.0"]  # the two gemm calls: one name, mean 2 us
-
-
-def test_profile_trials_reads_a_real_trace():
-    import jax.numpy as jnp
-
-    import profile_trials as P
-
-    f = jax.jit(lambda x: jnp.tanh(x @ x))
-    x = jnp.ones((128, 128))
-    f(x).block_until_ready()
-    wall, lines = P.traced(lambda: f(x))
-    assert wall > 0 and lines and all(ev and all(d >= 0 for _, d in ev) for ev in lines.values())
-
-
-def test_bench_trials_tokens_name_the_stem_from_stored_patches():
-    """bench_trials.py: '+stem' on a --conv-impls or --sequential token turns TrainConfig.stem_patches on."""
-    import bench_trials as B
-
-    assert B.conv_spec("auto") == ("auto", "auto", "off")
-    assert B.conv_spec("slices+s2d+stem") == ("slices", "on", "on")
-    assert B.conv_spec("xla-s2d") == ("xla", "off", "off")
-    assert B.conv_spec("auto+stem") == ("auto", "auto", "on")
-    assert B.parse_execution("default+stem", "model1") == B.train_lib.default_execution("model1") + (True,)
-    assert B.parse_execution("vmap/scan", "model1") == ("vmap", "scan", False)
-    with pytest.raises(ValueError):
-        B.parse_execution("vmap/fast+stem", "model1")
-
-
-def test_profile_trials_says_what_a_fusion_computes_and_where_from():
-    """profile_trials.py: a kernel (an XLA fusion) is described from the optimized HLO: its output,
-    the ops fused into it and the source lines they come from."""
-    import inspect
-
-    import jax
-    import jax.numpy as jnp
-    import profile_trials as P
-
-    def f(x, idx):
-        xb = x[idx].astype(jnp.float32) / 255.0
-        return jnp.concatenate([xb[:, i: i + 4] for i in range(3)], -1).sum()
-
-    text = jax.jit(f).lower(jnp.zeros((10, 6, 5), jnp.uint8), jnp.arange(4)).compile().as_text()
-    fusions = P.hlo_fusions(text)
-    assert fusions, text
-    desc = " | ".join(fusions.values())
-    line = inspect.getsourcelines(f)[1] + 1  # the gather's line
-    assert "gather x1" in desc and "f32[]" in desc and f"test_experiments.py:{line} (" in desc, desc
-    # as a GPU's HLO prints them: numbered names (the profile's kernel is gemm_fusion_dot_27), a tuple
-    # output of 6+ elements with /*index=5*/ in its type
-    gpu = """%fused_add (p: f32[8]) -> (f32[8], f32[8]) {
-  %p = f32[8]{0} parameter(0)
-  ROOT %add.1 = f32[8]{0} add(%p, %p)
-}
-
-%gemm_fusion_dot.27_computation (p: f32[8,4], q: f32[4,2]) -> f32[8,2] {
-  %p = f32[8,4]{1,0} parameter(0)
-  %q = f32[4,2]{1,0} parameter(1)
-  ROOT %dot.3 = f32[8,2]{1,0} dot(%p, %q), lhs_contracting_dims={1}, rhs_contracting_dims={0}
-}
-
-ENTRY %main (a: f32[8]) -> f32[8] {
-  %gemm_fusion_dot.27 = f32[8,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%gemm_fusion_dot.27_computation
-  %loop_add_fusion.5 = (f32[8]{0}, f32[8]{0}, f32[8]{0}, f32[8]{0}, f32[8]{0}, /*index=5*/f32[8]{0}) fusion(%a), kind=kLoop, calls=%fused_add
-}
-"""
-    got = P.hlo_fusions(gpu)
-    assert got["gemm_fusion_dot_27"] == "f32[8,2] = dot x1", got
-    assert got["loop_add_fusion_5"].startswith("(f32[8], f32[8], f32[8], f32[8], f32[8], f32[8]) = add x1"), got

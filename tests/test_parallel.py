@@ -209,7 +209,8 @@ def test_cli_flags(tmp_path, monkeypatch, capsys):
     assert "memory_budget_mib" in capsys.readouterr().err
     out = tmp_path / "r"
     assert main(["train", "--epochs", "1", "--no-progress", "--precision", "bfloat16", "--out", str(out)]) == 0
-    assert json.loads((out / "config.json").read_text())["precision"] == "bfloat16"
+    assert json.loads((out / "config.json").read_text())["execution"]["precision"] == "bfloat16"
+    assert json.loads((out / "execution.json").read_text())["precision"] == "bfloat16"
 
 
 def test_keys_of_all_trials_at_once_equal_seed_keys():

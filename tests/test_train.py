@@ -107,15 +107,15 @@ def test_compiles_once_for_a_run_and_for_two_schedules(digits):
     prep = T.prepare(_cfg(epochs=4, driver="scan"), digits)
     _run(prep, 0)
     _run(prep, 1, sched=np.asarray([0.2, 5.0, 2.0], np.float32))
-    assert prep.trainer.run_epoch._cache_size() == 1
+    assert prep.trainer.runner._cache_size() == 1
 
 
 def test_loop_driver_compiles_once(digits):
     prep = T.prepare(_cfg(epochs=3, driver="loop"), digits)
     _run(prep, 0)
     _run(prep, 1, sched=np.asarray([0.2, 5.0, 2.0], np.float32))
-    assert prep.trainer.run_epoch.step_fn._cache_size() == 1
-    assert prep.trainer.run_epoch.begin_fn._cache_size() == 1
+    assert prep.trainer.runner.step_fn._cache_size() == 1
+    assert prep.trainer.runner.begin_fn._cache_size() == 1
 
 
 def test_net_forms_and_drivers_agree_mlp(digits):
