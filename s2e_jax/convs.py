@@ -96,10 +96,10 @@ def materialized(x: jax.Array) -> jax.Array:
     A convolution's input (BatchNorm, ReLU) has two consumers: the convolution and, in the
     backward pass, the layout transpose that XLA's kernel gradient needs (channels first, batch
     last). XLA's CPU fusion copies cheap elementwise producers into each consumer, and fused into
-    that transpose the recomputation makes it 4-5x slower than a plain transpose. A division is an
-    op XLA does not duplicate, so the transpose reads the stored input; gradients bit for bit equal
-    (docs/performance.md, "Execution defaults"). ``lax.optimization_barrier`` does not do it (removed
-    before fusion on the CPU).
+    that transpose the recomputation makes it several times slower than a plain transpose. A
+    division is an op XLA does not duplicate, so the transpose reads the stored input; gradients bit
+    for bit equal (docs/performance.md, "Execution defaults"). ``lax.optimization_barrier`` does not
+    do it (removed before fusion on the CPU).
     The 1 is sign(|x_0| + 1), which XLA cannot fold; a NaN in x_0 would spread, but BatchNorm
     before every such input spreads it anyway.
     """
@@ -124,8 +124,8 @@ def space_to_depth_kernel(kernel):
 @jax.custom_vjp
 def _phase_max(y):
     """[..., 4*C] -> [..., C]: the max of the four channel blocks (elementwise; XLA's CPU reduce over
-    a short middle axis was ~3x slower). Gradient: to every entry equal to its max, as
-    ``models.max_pool_2x2``."""
+    a short middle axis was slower: docs/performance.md, "1. Training throughput"). Gradient: to
+    every entry equal to its max, as ``models.max_pool_2x2``."""
     r = y.reshape(y.shape[:-1] + (4, y.shape[-1] // 4))
     return jnp.maximum(jnp.maximum(r[..., 0, :], r[..., 1, :]), jnp.maximum(r[..., 2, :], r[..., 3, :]))
 

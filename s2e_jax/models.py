@@ -137,8 +137,8 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     Equal to ``nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')``, written as reshape + max
     with its own gradient: one select over the input (``g`` where an entry equals its window's max,
     else 0). XLA's gradients are slower on its CPU backend: ``reduce_window``'s much, and reshape +
-    max's (ties share the gradient: a compare, a count and a divide) took ~2.8 ms of Model 1's
-    ~33 ms Co-teaching step. On exact ties within a window every tied entry gets the gradient
+    max's (ties share the gradient: a compare, a count and a divide) too (docs/performance.md,
+    "1. Training throughput"). On exact ties within a window every tied entry gets the gradient
     (PyTorch gives it to one); behind a ReLU a tie is measure-zero unless at 0, where the ReLU's
     gradient is 0 anyway.
     """
@@ -182,7 +182,8 @@ def conv_pool(x, kernel, bias, padding: str = "VALID", conv_impl: str = "xla", s
 class ConvPool(nn.Module):
     """A Conv layer followed by a 2x2 max-pool, as one layer (:func:`conv_pool`): parameters
     ``kernel`` [k, k, Cin, features] and ``bias`` like ``nn.Conv``'s (same names, shapes and init),
-    output the pooled map. ``s2d`` computes it space-to-depth (faster on XLA's CPU backend and an H100)."""
+    output the pooled map. ``s2d`` computes it space-to-depth (where it measured faster:
+    docs/performance.md, "Execution defaults")."""
 
     features: int
     kernel_size: int

@@ -14,7 +14,7 @@ its own trials inside ``jax.shard_map`` — no collective anywhere: trials never
   copy is the buffer ``prepare`` already made (:func:`replicate`).
 * **Memory and waves.** Before running, the epoch program is compiled ahead of time and its per-device
   footprint read from XLA (``Compiled.memory_analysis()``: arguments + outputs + scratch − aliased).
-  If it exceeds the memory budget (:func:`memory_budget`: an explicit value, ``TrainConfig.
+  If it exceeds the memory budget (:func:`memory_budget`: an explicit value, ``ExecutionConfig.
   memory_budget_mib``, ``$S2E_MEMORY_BUDGET_MIB``, else 90% of the device's ``bytes_limit`` on GPU/TPU
   or half the host's RAM shared by its CPU devices), the trials are split into *waves* of fewer trials
   per device, with a message on stderr, instead of failing with an out-of-memory error. Waves run the
@@ -38,6 +38,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from s2e_jax import checkpoint
@@ -99,16 +100,12 @@ def barrier(name: str) -> None:
     """Wait until every process gets here (nothing to do in a single process): a run directory is
     checked by every process before process 0 writes into it, so all of them agree on its state."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
 def gather(tree):
     """A tree of (possibly multi-host, sharded) arrays as numpy arrays holding the global values."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         return jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
     return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
 
@@ -275,7 +272,8 @@ def _plan(tr, mesh, progs, data, k, budget, x_shape, num_sched, verbose):
             progs["compiled"][ck] = progs["epoch"].lower(carry, data).compile()
             compile_s += time.perf_counter() - t0
         compiled = progs["compiled"][ck]
-        if ck not in progs["footprint"]:  # XLA's memory analysis takes ~10 ms: once per program
+        # XLA's memory analysis: once per program (its cost: docs/performance.md, "Execution defaults")
+        if ck not in progs["footprint"]:
             progs["footprint"][ck] = footprint_bytes(compiled)
         fp = progs["footprint"][ck]
         if fp is None or fp <= budget:
@@ -350,7 +348,8 @@ def run_trials(prep, scheds, seeds, epochs: Optional[int] = None, mesh: Optional
 
     Returns ``(metrics, report)``: ``metrics`` = ``{name: array [K, epochs, ...]}`` (padding dropped),
     ``report`` a :class:`TrialsReport`. ``mesh`` defaults to :func:`trial_mesh` over every device;
-    ``memory_budget_mib`` to ``prep.config.memory_budget_mib`` then :func:`memory_budget`'s defaults.
+    ``memory_budget_mib`` to ``prep.config.execution.memory_budget_mib`` then :func:`memory_budget`'s
+    defaults.
     """
     t_start = time.perf_counter()
     tr = prep.trainer_for(True)  # the plan for K trials in one program (s2e_jax/execution.py)

@@ -16,6 +16,8 @@ the learning-rate schedule and eq. (1)'s t_k are scaled).
 from __future__ import annotations
 
 import dataclasses
+import json
+import warnings
 from typing import Callable, Optional
 
 import jax
@@ -245,9 +247,6 @@ def load_schedule_file(path: str, epochs: Optional[int] = None):
     ``epochs`` other than the file's, a warning says that R(t) is not the searched curve (the rise
     terms of eq. 4 use t/T, the decays absolute epochs).
     """
-    import json
-    import warnings
-
     try:
         with open(path) as f:
             d = json.load(f)

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from s2e_jax import checkpoint
 from s2e_jax import data as data_lib
@@ -37,6 +38,7 @@ class Prepared:
     image_shape: tuple = ()  # (H, W, C) of the training images
     plan: Optional[execution.Plan] = None  # how the trainer runs (s2e_jax/execution.py)
     build: Any = None  # plan -> a Trainer of the same training (another plan: K trials in one program)
+    trials: Optional[str] = None  # prepare's: None for one training, else how a search's K trainings run
 
     def trainer_for(self, one_program: bool) -> Trainer:
         """The trainer that K trials in one program (a vmap of its scan epoch) or in sequence run:
@@ -121,7 +123,7 @@ def prepare(config: TrainConfig, dataset=None, rate=None, trials: Optional[str] 
         transition, info = fcorrection_transition(config, ds)
         noise_info.update(info)
     return Prepared(config, trainer, device_data(ds, is_clean, transition, config.input_norm), sched, model_name,
-                    noise_info, transition, tuple(int(v) for v in ds.x_train.shape[1:]), plan, build)
+                    noise_info, transition, tuple(int(v) for v in ds.x_train.shape[1:]), plan, build, trials)
 
 # ----------------------------------------------------------------------------------- warm-up networks
 def warmup(config: TrainConfig, ds, epochs: int, constant_lr: bool = False) -> "TrainResult":
@@ -393,9 +395,9 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
     Returns per-epoch metrics with a leading trial axis:
     ``{name: array [K, epochs, ...]}``, the same on every process.
     """
-    if one_program is None:  # the plan's: one program on GPU/TPU, in sequence on a CPU
-        one_program = prep.plan.one_program if prep.plan is not None else execution.one_program_default(
-            jax.default_backend())
+    if one_program is None:  # the plan's (prepared for a search), else the default: one program on GPU/TPU
+        one_program = (prep.plan.one_program if prep.plan is not None and prep.trials is not None
+                       else execution.one_program_default(jax.default_backend()))
     tr = prep.trainer_for(one_program)
     epochs = tr.epochs if epochs is None else epochs
     scheds = np.asarray(scheds, np.float32)
@@ -429,8 +431,6 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
     per = -(-k // procs)
     mine = [i for i in range(me, k, procs)]
     out = [one(i) for i in mine + [mine[-1] if mine else 0] * (per - len(mine))]
-    from jax.experimental import multihost_utils
-
     local = {name: np.stack([o[name] for o in out]) for name in out[0]}
     every = jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(local))  # [P, per, ...]
     return {name: np.stack([v[i % procs, i // procs] for i in range(k)]) for name, v in every.items()}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, NamedTuple, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,7 +82,7 @@ def channel_stats(x):
     """Per-channel mean and standard deviation (+1e-6) of images scaled to [0, 1], float32 [C].
 
     uint8 images: exact, from each channel's histogram of the 256 values (one pass of ``bincount``,
-    no float copy of the data: CIFAR-10's 50,000 images ~1 s instead of ~6 s)."""
+    no float copy of the data; its time: docs/performance.md, "4. A whole training")."""
     x = np.asarray(x)
     c = x.shape[-1]
     if x.dtype != np.uint8:
@@ -106,8 +107,6 @@ def normalize(x, mean, std):
 def _bf16_interceptor(next_fun, args, kwargs, context):
     """Flax method interceptor: a Dense or Conv layer gets its input in bfloat16 (a BatchNorm's
     float32 output included), so that every matmul/convolution of the network runs in bfloat16."""
-    import flax.linen as nn
-
     if context.method_name == "__call__" and isinstance(context.module, (nn.Dense, nn.Conv, models_lib.ConvPool)) and args:
         args = (jnp.asarray(args[0]).astype(jnp.bfloat16),) + tuple(args[1:])
     return next_fun(*args, **kwargs)
@@ -233,8 +232,6 @@ class Trainer:
         """
         if self.precision == "float32":
             return self._forward(params, batch_stats, x, key, train)
-        import flax.linen as nn
-
         dt = jnp.bfloat16
         cast = lambda t: jax.tree_util.tree_map(  # noqa: E731
             lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a, t)

@@ -1,19 +1,18 @@
 """XLA's CPU backend: the one setting that makes conv nets fast here, for the entry points.
 
 XLA's default CPU convolutions (Eigen) run nearly single-threaded, and their kernel gradient is
-slow: for Model 1's Co-teaching step the trainer ran 13.7 steps/s against PyTorch's 35 on the
-2-core CPU this was built on. With YNNPACK enabled for XLA's CPU backend
-(``--xla_cpu_experimental_ynn_fusion_type=reduce``) convolutions and their gradients go through
-YNNPACK: Model 1 ~2-3x, Model 2 ~2.5-4x, Model 3 ~3x, the MLP unchanged; gradients equal to
-float32 rounding (``tests/test_xla_cpu.py``; figures in the README's "Speed and scale").
+slow. With YNNPACK enabled for XLA's CPU backend (``--xla_cpu_experimental_ynn_fusion_type=reduce``)
+convolutions and their gradients go through YNNPACK: the conv nets train several times faster, the
+MLP unchanged; gradients equal to float32 rounding (``tests/test_xla_cpu.py``; the measurements:
+docs/performance.md, "Execution defaults", row ``xla_cpu.configure()``).
 
-Any YNN fusion type turns YNNPACK's convolutions on; they differ elsewhere (measured, 2-core CPU):
-``dot`` made a chain of two 2048x2048 matmuls 30x slower (2 vs ~60 GFLOP/s), ``eltwise`` the MLP's
-step 2x slower; ``reduce`` made plain reductions 2-10x faster but a matmul chain ending in a sum 2x
-slower and a reduction of a slice 1.6x slower (openxla/xla#46351). Hence ``reduce``, and hence the
-flag is a process-wide choice of the entry points, not a side effect of importing the library:
-``python -m s2e_jax`` and the scripts under ``experiments/`` call :func:`configure` first; your own
-program may call it before its first JAX computation.
+Any YNN fusion type turns YNNPACK's convolutions on; they differ elsewhere: ``dot`` slows chained
+matmuls down, ``eltwise`` the MLP's step, ``reduce`` speeds plain reductions up but slows a matmul
+chain ending in a sum and a reduction of a slice (openxla/xla#46351; the same row). Hence
+``reduce``, and hence the flag is a process-wide choice of the entry points, not a side effect of
+importing the library: ``python -m s2e_jax`` and the scripts under ``experiments/`` and
+``benchmarks/`` call :func:`configure` first; your own program may call it before its first JAX
+computation.
 
 :func:`configure` appends the flag to ``XLA_FLAGS``, unless
 
@@ -24,7 +23,7 @@ program may call it before its first JAX computation.
 
 Not set here: glibc's allocator. Blocks above 32 MiB (a Model 2 step's temporaries) are ``mmap``-ed
 and faulted in again at every execution; ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, set before the
-process starts, made a Model 2 step ~8% faster and PyTorch's ~18% (README, "Speed and scale").
+process starts, makes a Model 2 step faster, and PyTorch's too (docs/performance.md, "The allocator").
 ``mallopt`` at run time (no ``mmap``, no trimming) let the heap grow with every call.
 
 XLA reads ``XLA_FLAGS`` once, when JAX starts its backends: call :func:`configure` before the first

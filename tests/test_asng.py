@@ -21,6 +21,7 @@ def _random_theta(space, seed):
 
 
 # ---------------------------------------------------------------- natural gradient = F⁻¹ g
+@pytest.mark.slow
 @pytest.mark.parametrize("space", [COT, S2E], ids=["coteaching", "s2e"])
 def test_natural_gradient_is_inverse_exact_fisher_times_gradient(space):
     S, B = relaxation.sizes(space)
@@ -143,6 +144,7 @@ def _synthetic_run(kind, steps=400):
     return th, np.asarray(dist), np.asarray(delta)
 
 
+@pytest.mark.slow
 def test_adaptive_step_size_moves_theta_toward_the_better_region_and_shrinks_under_noise():
     d0 = float(jnp.sum((relaxation.mean(asng.init_theta_state(S2E).theta, S2E) - X_STAR) ** 2))
     th_q, dist_q, delta_q = _synthetic_run("quadratic")
@@ -178,6 +180,7 @@ def test_bad_training_config_is_refused():
 
 
 # ---------------------------------------------------------------- end to end (CLI, digits)
+@pytest.mark.slow
 def test_cli_asng_end_to_end_and_train_reuses_its_schedule(tmp_path, capsys):
     out = tmp_path / "asng"
     args = ["asng", "--dataset", "digits", "--noise", "pair", "--noise-rate", "0.45", "--epochs", "3",
@@ -237,6 +240,7 @@ def header_index(run_dir, name):
     return (run_dir / "metrics.csv").read_text().splitlines()[0].split(",").index(name)
 
 
+@pytest.mark.slow
 def test_loop_driver_equals_scan_driver():
     from s2e_jax import data as data_lib
 

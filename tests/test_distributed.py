@@ -69,6 +69,7 @@ def one_process_search(tmp_path_factory):
     return _records(ref / "run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trials", ["auto", "one_program"])
 def test_two_processes_run_the_search_of_one(tmp_path, trials, one_process_search):
     """auto on a CPU: each process trains its share of the trials one after another (trial i on process
@@ -86,14 +87,16 @@ def test_two_processes_run_the_search_of_one(tmp_path, trials, one_process_searc
             np.testing.assert_allclose(b[k], a[k], atol=1e-6 if trials == "one_program" else 0, err_msg=k)
 
 
+@pytest.mark.slow
 def test_two_processes_write_one_training_and_one_asng_run(tmp_path):
     """``train`` and ``asng`` under --distributed: both processes finish, each file is written once (by
     process 0; a second writer would double the metrics rows or collide on the directory check)."""
     cmd = [sys.executable, "-m", "s2e_jax"]
     run = tmp_path / "train"
     _ok(*_two_processes(cmd + ["train"] + TINY + ["--out", str(run)]))
-    assert sorted(os.listdir(run)) == ["config.json", "curves.png", "label_issues.csv", "metrics.csv", "model",
-                                      "model.json", "summary.json", "timing.json"]  # no checkpoints with 2 processes
+    assert sorted(os.listdir(run)) == ["config.json", "curves.png", "execution.json", "label_issues.csv", "metrics.csv",
+                                      "model", "model.json", "summary.json", "timing.json"]  # no checkpoints: 2 processes
+    assert json.loads((run / "execution.json").read_text())["processes"] == 2
     assert len(_lines(run / "metrics.csv")) == 1 + 2          # header + 2 epochs
     asng = tmp_path / "asng"
     _ok(*_two_processes(cmd + ["asng"] + TINY + ["--out", str(asng)]))

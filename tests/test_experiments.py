@@ -35,6 +35,7 @@ def _table_rows(path):
         return [line for line in f if line.startswith("| ") and not line.startswith("| noise")]
 
 
+@pytest.mark.slow
 def test_fig3_trains_methods_and_s2e_with_its_searched_schedule(out):
     fig3.main(SMOKE + ["--out", out, "--methods", "standard", "coteaching", "s2e"])
     root = _root(out)
@@ -72,6 +73,7 @@ def test_fig4_and_fig5_reuse_the_cached_search_and_runs(out):
         assert 0.0 <= float(r.split("|")[3].split("±")[0]) <= 100.0
 
 
+@pytest.mark.slow
 def test_table2_reports_every_space_and_single_is_the_best_of_four(out):
     table2.main(SMOKE + ["--out", out])
     root = _root(out)
@@ -125,6 +127,7 @@ def test_fig6_runs_every_algorithm_with_the_same_budget(out):
         assert res["cost"] >= budget - 1e-9 and (algo == "hyperband" or res["trainings"] == budget)
 
 
+@pytest.mark.slow
 def test_table5_compares_s2e_with_asng(out):
     table5.main(SMOKE + ["--out", out])
     root = _root(out)

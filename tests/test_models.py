@@ -482,6 +482,7 @@ def _recomputing_transposes(hlo):
     return [b.split(" ", 1)[0] for b in blocks if " transpose(" in b and " maximum(" in b]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["model2", "model3"])
 def test_materialize_gives_the_same_gradients(name):
     x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 32, 32, 3)), jnp.float32)
@@ -551,6 +552,7 @@ def test_conv_max_pool_ties_share_the_gradient_and_errors():
         convs.conv_max_pool(jnp.ones((1, 5, 5, 1)), jnp.ones((5, 5, 1, 1)))
 
 
+@pytest.mark.slow
 def test_model1_pool_s2d_is_the_same_network():
     plain, s2d = get_model("model1", 10, pool_s2d=False), get_model("model1", 10, pool_s2d=True)
     assert (plain.pool_s2d, s2d.pool_s2d) == (False, True)
@@ -597,6 +599,7 @@ def test_conv_pool_params_equal_nn_conv_params():
         np.testing.assert_allclose(np.asarray(got), np.asarray(max_pool_2x2(want)), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["xla", "slices"])
 def test_pool_s2d_under_nested_vmap_of_trials_and_networks(impl):
     """What K trials in one program run on a GPU with pool_s2d on: vmap over trials of vmap over

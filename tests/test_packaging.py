@@ -3,6 +3,8 @@ name the same ones with the same floors (README "Quick start": the tested floors
 import os
 import re
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -26,6 +28,7 @@ def test_requirements_and_pyproject_name_the_same_floors():
     assert "jax>=0.7.0" in deps  # jax.shard_map; 1 vs 4 host devices bit-identical (tests/test_parallel.py)
 
 
+@pytest.mark.slow
 def test_installed_package_runs_the_readme_commands_outside_the_repository(tmp_path):
     """``pip install .`` into a fresh venv (the README's install step), then the quick start's train,
     predict and ``s2e_jax.load`` from a folder outside the checkout: the package is complete."""

@@ -71,6 +71,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_over_4_host_devices_equals_one_device(tmp_path, prep):
     out = str(tmp_path / "sharded.npz")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,

@@ -177,6 +177,7 @@ def _first_runs_second_is_refused(cmd, d):
     assert first.returncode == 0, err
 
 
+@pytest.mark.slow
 def test_the_same_train_started_twice_at_once_trains_once(tmp_path):
     d = tmp_path / "train"
     cmd = CLI + ["train", "--dataset", "digits", "--epochs", "30", "--no-progress", "--out", str(d)]
@@ -186,6 +187,7 @@ def test_the_same_train_started_twice_at_once_trains_once(tmp_path):
     assert not (d / runs.LOCK_NAME).exists()  # removed at the normal end of the process
 
 
+@pytest.mark.slow
 def test_the_same_search_started_twice_at_once_runs_each_trial_once(tmp_path):
     d = tmp_path / "search"
     cmd = CLI + ["search", "--dataset", "digits", "--noise", "pair", "--noise-rate", "0.45", "--algo", "random",

@@ -171,6 +171,7 @@ def _kill_after(cmd, out, checkpoints, env):
     return rows
 
 
+@pytest.mark.slow
 def test_kill_9_twice_then_resume_gives_the_same_files_bit_for_bit(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     ref, out = str(tmp_path / "ref"), str(tmp_path / "killed")

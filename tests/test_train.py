@@ -151,8 +151,8 @@ def _plain_loss(prep, params, batch_stats, xb, yb, r, key):
     return per_net.sum(), (per_net, kept, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *stats))
 
 
-@pytest.mark.parametrize("model, forms", [("model1", ("vmap", "fused")),
-                                          ("model3", ("fused",))])  # vmapped Model 3: minutes on a CPU
+@pytest.mark.parametrize("model, forms", [("model1", ("vmap", "fused")),  # vmapped Model 3: minutes on a CPU
+                                          pytest.param("model3", ("fused",), marks=pytest.mark.slow)])
 def test_net_forms_give_the_loss_and_gradients_of_the_plain_computation(model, forms):
     """vmap and fused compute the Co-teaching loss, selection, gradients and BatchNorm statistics of
     each network computed on its own (Model 3: BatchNorm statistics and dropout keys per network)."""
@@ -179,6 +179,7 @@ def test_net_forms_give_the_loss_and_gradients_of_the_plain_computation(model, f
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_slices_convolutions_train_like_xla():
     """``conv_impl`` slices reaches the trainer's model and gives the same epochs (float rounding) as
     XLA's convolutions, for one training and for K trainings in one program."""

@@ -95,6 +95,7 @@ def test_cli_sets_the_flag_before_jax_starts():
     assert proc.stdout.split() == ["True", xla_cpu.FLAG]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not xla_cpu.flag_supported(), reason="this jaxlib has no YNNPACK flag")
 def test_ynnpack_gives_the_gradients_of_xlas_default(tmp_path):
     fast = _grads(tmp_path, "ynn")
