@@ -171,6 +171,7 @@ def test_best_schedule_is_reused_by_train(tmp_path, small_digits):
     np.testing.assert_allclose(result.metrics["r"], best["curve"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_trials(tmp_path):
     args = [sys.executable, "-m", "s2e_jax", "search", "--dataset", "digits", "--noise", "pair",
             "--noise-rate", "0.45", "--algo", "newton", "--iterations", "3", "--samples", "2",
