@@ -16,7 +16,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-DRIVERS = ("scan", "loop")
+from s2e_jax import config
+
+DRIVERS = tuple(d for d in config.DRIVERS if d != "auto")
 
 
 def scan_epoch(begin: Callable, step: Callable, end: Callable, evaluate: Callable, steps: int) -> Callable:

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from s2e_jax import config
 from s2e_jax.config import ConfigError
 from s2e_jax.convs import conv_max_pool, materialized, slices_conv
 
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 MODEL_NAMES = ("mlp", "model1", "model2", "model3")
-CONV_IMPLS = ("xla", "slices")  # how a Conv layer is computed: XLA's convolution, or :func:`s2e_jax.convs.slices_conv`
+CONV_IMPLS = tuple(c for c in config.CONV_IMPLS if c != "auto")  # XLA's convolution, or :func:`s2e_jax.convs.slices_conv`
 
 # BatchNorm settings: PyTorch defaults (momentum=0.1 in torch == 0.9 in flax, eps=1e-5).
 BN_MOMENTUM = 0.9

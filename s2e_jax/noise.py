@@ -9,9 +9,9 @@ probability that an example of clean class ``i`` is given the noisy label ``j``.
 
 import numpy as np
 
-from s2e_jax.config import ConfigError
+from s2e_jax.config import NOISES, ConfigError
 
-NOISE_KINDS = ("none", "symmetric", "pair", "matrix")
+NOISE_KINDS = NOISES + ("matrix",)  # matrix: a given transition matrix
 
 
 def _check_rate(rate):
