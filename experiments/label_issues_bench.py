@@ -95,7 +95,6 @@ def heldout_probs(ds_noisy, base_cfg, seed, k=K_FOLDS):
     import jax
     from sklearn.model_selection import StratifiedKFold
 
-    from s2e_jax import models as models_lib
     from s2e_jax.train import train
 
     y = np.asarray(ds_noisy.y_train)
@@ -109,7 +108,7 @@ def heldout_probs(ds_noisy, base_cfg, seed, k=K_FOLDS):
         t0 = time.time()
         res = train(cfg.replace(seed=seed * 100 + fold), dataset=sub)
         prep = res.prepared
-        x_te = models_lib.model_input(prep.trainer.model, jax.device_put(ds_noisy.x_train[te]))
+        x_te = jax.device_put(ds_noisy.x_train[te])
         probs[te] = prep.trainer.predict_proba(res.carry, prep.data, x_te)[0]
         seconds += time.time() - t0
     return probs, seconds
