@@ -17,8 +17,8 @@ Budgets: 60 trainings (M = 10 iterations of K = 6) and 240 (M = 30 of K = 8); Hy
 number of full-training equivalents. ``--noise-sd s`` adds N(0, s²) to every evaluation; the reported
 value is then the noise-free f of the point each searcher returns as its best.
 
-Writes under ``--out`` (default results/search_efficiency): ``raw/<setting>/<algo>_seed<s>.json`` (the
-best-so-far curve; existing files are reused, so a killed run resumes), ``synthetic.md`` (the table),
+Writes under ``--out`` (default results/search_efficiency): ``raw/<setting>.json`` (per algorithm and
+seed the best-so-far curve; what it holds is reused, so a killed run resumes), ``synthetic.md`` (the table),
 ``<setting>.png`` (one plot per setting), ``overhead.md`` (searcher time per iteration).
 
     nice -n 10 python experiments/search_efficiency.py --seeds 10
@@ -188,31 +188,38 @@ def main(argv=None):
     if not a.report_only:
         for budget in a.budgets:
             for shape in a.shapes:
-                d = os.path.join(a.out, "raw", f"{shape}_{budget}{tag}")
-                os.makedirs(d, exist_ok=True)
+                path = raw_path(a.out, shape, budget, tag)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 for seed in range(a.seeds):
                     for algo in a.algos:
-                        path = os.path.join(d, f"{algo}_seed{seed}.json")
-                        if os.path.exists(path):
+                        done = read_raw(path)
+                        if f"{algo}_seed{seed}" in done:
                             continue
                         r = run_one(algo, tg[shape], budget, seed, a.noise_sd)
+                        done[f"{algo}_seed{seed}"] = r
                         with open(path + ".tmp", "w") as f:
-                            json.dump(r, f)
+                            json.dump(done, f, sort_keys=True)
                         os.replace(path + ".tmp", path)
                         print(f"{shape} {budget}{tag} seed {seed} {algo}: best {r['best'][-1]:.3g} "
                               f"({r['search_seconds']:.1f}s search)", flush=True)
     report(a, tg, tag)
 
 
+def raw_path(out, shape, budget, tag):
+    """One setting's results: ``raw/<shape>_<budget><tag>.json``, ``{"<algo>_seed<s>": result}``."""
+    return os.path.join(out, "raw", f"{shape}_{budget}{tag}.json")
+
+
+def read_raw(path) -> dict:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def load(out, shape, budget, tag, algo):
-    d = os.path.join(out, "raw", f"{shape}_{budget}{tag}")
-    rs = []
-    if os.path.isdir(d):
-        for name in sorted(os.listdir(d)):
-            if name.startswith(algo + "_seed") and name.endswith(".json"):
-                with open(os.path.join(d, name)) as f:
-                    rs.append(json.load(f))
-    return rs
+    done = read_raw(raw_path(out, shape, budget, tag))
+    return [done[k] for k in sorted(done) if k.startswith(algo + "_seed") and k[len(algo) + 5:].isdigit()]
 
 
 def report(a, tg, tag):
