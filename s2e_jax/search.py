@@ -239,7 +239,14 @@ def weights(fs, baseline: bool = True) -> np.ndarray:
     return (fs - fs.mean()) * (K / (K - 1.0))
 
 
-def estimate(theta, xs, fs, space, baseline: bool = True):
+@functools.lru_cache(maxsize=1)
+def _estimate_small():
+    """:func:`_estimate` compiled with :func:`surrogate.small_program_options` (bit-identical values;
+    the default newton's estimate, on a fixed ``mc_samples`` rows: one compilation per process)."""
+    return jax.jit(_estimate.__wrapped__, static_argnums=(3, 4), compiler_options=surrogate.small_program_options())
+
+
+def estimate(theta, xs, fs, space, baseline: bool = True, program=None):
     """``(g, H)``: the estimators of ∇J(θ) (eq. 7) and ∇²J(θ) (Proposition 1), numpy float64.
 
     g = 1/K Σ w_i ∇log p_θ(x_i),  H = 1/K Σ w_i [∇²log p_θ(x_i) + ∇log p_θ(x_i) ∇log p_θ(x_i)ᵀ],
@@ -248,9 +255,16 @@ def estimate(theta, xs, fs, space, baseline: bool = True):
     E[∇²log p + ∇log p ∇log pᵀ] = ∇²∫p = 0, subtracting a b_i independent of x_i leaves both
     expectations unchanged: the leave-one-out estimators stay exactly unbiased while their variance
     drops (the plain sample-mean baseline would be biased by a factor (K−1)/K, i.e. O(1/K)).
+
+    ``program``: the compiled estimate to use instead of :func:`_estimate` (same values), given float32
+    numpy inputs (no conversion dispatched to the device).
     """
     S, B = relaxation.sizes(space)
     w = weights(fs, baseline)
+    if program is not None:
+        f32 = jnp.result_type(float)
+        g, H = program(np.asarray(theta, f32), np.asarray(xs, f32), np.asarray(w, f32), S, B)
+        return np.asarray(g, np.float64), np.asarray(H, np.float64)
     g, H = _estimate(relaxation._float(theta), relaxation._float(xs), relaxation._float(w), S, B)
     return np.asarray(g, np.float64), np.asarray(H, np.float64)
 
@@ -360,7 +374,7 @@ class Relaxation(Searcher):
         if self.normalize and len(fs) >= 2:
             sd = float(np.std(fs))
             fs = fs / sd if sd > 0 else fs
-        g, Hn = estimate(self.theta, xs, fs, self.space, self.baseline)
+        g, Hn = estimate(self.theta, xs, fs, self.space, self.baseline, program=self._estimate_program())
         if self.curvature == "gd":
             d = g                                                                    # H = I
         else:
@@ -371,6 +385,9 @@ class Relaxation(Searcher):
             d = solve_safeguarded(H, g, self.eta, self.L)                            # Assumption 3(i)
         self.last_step = {"grad_norm": float(np.linalg.norm(g)), "step_norm": float(self.rho * np.linalg.norm(d))}
         return d
+
+    def _estimate_program(self):
+        return None  # estimate()'s default program
 
     def _update(self, xs, fs, failed):
         if failed.all():
@@ -467,9 +484,14 @@ class SurrogateNewton(Relaxation):
         self.n_points = _check_int("n_points", n_points, 2)
         self.fit_info: dict = {}
         self._gp = None  # (number of trainings it was fitted to, surrogate.GP)
+        self._known_z: dict = {}  # x.tobytes() -> curve features of the points proposed by this process
 
     # -------------------------------------------------------------- surrogate
     def _features(self, xs):
+        xs = np.asarray(xs, np.float64)
+        known = [self._known_z.get(x.tobytes()) for x in xs]
+        if len(xs) and all(z is not None for z in known):  # (same values: the proposals' own features)
+            return np.stack(known)
         return surrogate.curve_features(self.space, xs, self.epochs, self.n_points)
 
     def _fit(self, xs, fs):
@@ -487,17 +509,29 @@ class SurrogateNewton(Relaxation):
         return self._fit(xs, fs)
 
     # -------------------------------------------------------------- ask / tell
+    def _estimate_program(self):
+        return _estimate_small()
+
+    def _sample(self, *requests):
+        """``[(xs, curve features)]`` of ``relaxation.sample(_key(seed, *counters), θ, space, n)`` for each
+        request ``(counters, n)``, bit-identical, from one compiled program for every n and counters
+        (:func:`surrogate.sample_features`)."""
+        return surrogate.sample_features(self.space, self.seed, requests, self.theta, self.epochs, self.n_points)
+
     def _propose(self, n):
         n_lcb = int(math.floor(self.explore * n)) if len(self.history) >= self.MIN_FIT else 0
-        xs = np.asarray(relaxation.sample(_key(self.seed, self.iteration), self.theta, self.space, n - n_lcb),
-                        np.float64) if n > n_lcb else np.zeros((0, self.dim))
+        requests = ([((self.iteration,), n - n_lcb)] if n > n_lcb else []) + (
+            [((self.iteration, 1_000_001), max(self.candidates, n_lcb))] if n_lcb else [])
+        drawn = self._sample(*requests)  # plain samples and candidates in the same chunks
+        xs, zs = drawn[0] if n > n_lcb else (np.zeros((0, self.dim)), None)
         if n_lcb:
             gp = self._surrogate()
-            cands = np.asarray(relaxation.sample(_key(self.seed, self.iteration, 1_000_001), self.theta,
-                                                 self.space, max(self.candidates, n_lcb)), np.float64)
-            mean, sd = surrogate.predict(gp, self._features(cands))
+            cands, zc = drawn[-1]
+            mean, sd = surrogate.predict(gp, zc)
             pick = np.argsort(mean - sd, kind="stable")[:n_lcb]          # lowest confidence bounds
             xs = np.concatenate([xs, cands[pick]])
+            zs = zc[pick] if zs is None else np.concatenate([zs, zc[pick]])
+        self._known_z.update((x.tobytes(), z) for x, z in zip(xs, zs))  # for the fits (no curve program)
         return xs, None
 
     def _update(self, xs, fs, failed):
@@ -508,10 +542,8 @@ class SurrogateNewton(Relaxation):
         gp = self._fit(all_x, all_f)
         kls = []
         for step in range(self.steps):
-            ks = relaxation.sample(_key(self.seed, self.iteration, 2_000_001 + step), self.theta, self.space,
-                                   self.mc_samples)
-            ks = np.asarray(ks, np.float64)
-            m = surrogate.predict(gp, self._features(ks), return_sd=False)
+            (ks, zk), = self._sample(((self.iteration, 2_000_001 + step), self.mc_samples))
+            m = surrogate.predict(gp, zk, return_sd=False)
             d = self.direction(ks, m)                                    # eq. (7), Prop. 1, Assumption 3
             rho = self.rho
             for _ in range(60):                                          # trust region on KL(p_new ‖ p_old)

@@ -40,11 +40,19 @@ NOISE_GRID = (1e-4, 1e-3, 1e-2, 0.05, 0.2)         # σ² in units of the standa
 def _one_blas_thread():
     """A context with one BLAS thread: the GP's matrices (n ≤ a few hundred) are far slower on a
     threaded OpenBLAS when the cores are busy. threadpoolctl comes with scikit-learn; without it, a no-op."""
+    controller = _threadpool_controller()
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
+@functools.lru_cache(maxsize=1)
+def _threadpool_controller():
+    # made once (at the first fit, after numpy's and scipy's BLAS are loaded): finding the loaded
+    # libraries is what costs (docs/search.md, "Searcher overhead")
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+        return None
+    return ThreadpoolController()
 
 
 # ---------------------------------------------------------------- curve features
@@ -71,6 +79,115 @@ def curve_features(space, xs, T: int, n_points: int = 20) -> np.ndarray:
     padded = -(-max(n, 1) // ROWS) * ROWS  # a few compiled shapes, whatever the history's length
     xs = np.concatenate([xs, np.repeat(xs[:1] if n else np.full((1, space.dim), 0.5, np.float32), padded - n, 0)])
     return np.asarray(_curve_fn(space, int(T), int(n_points))(jnp.asarray(xs)), np.float64)[:n]
+
+
+# ---------------------------------------------------------------- fused sampling + curve features
+SAMPLE_CHUNK = 512  # rows per call of the fused program below (see sample_features)
+_NO_COUNTER = -1
+
+
+def small_program_options():
+    """XLA options of the default search's small programs (sampling + curves, the estimate): on the
+    CPU optimization level 1, which compiles the gamma sampler faster than the default level and gives
+    bit-identical values (level 0, as for the trainer's init programs, changed the last bits; figures in
+    docs/search.md, "Searcher overhead"). Elsewhere XLA's defaults. Read when the first program is
+    built (after the entry point has configured XLA)."""
+    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+
+
+@functools.lru_cache(maxsize=32)
+def _sample_curve_fn(space, T: int, n_points: int):
+    S, B = relaxation.sizes(space)
+    ts = jnp.asarray(np.linspace(0.0, T - 1.0, n_points), jnp.float32)
+
+    def curve(x):
+        params = space.decode(x, T)
+        return jax.vmap(lambda t: space.rate(t, params, T))(ts)
+
+    def key_of(seed, counters):  # = search._key(seed, *counters), counters < 0 skipped
+        key = jax.random.PRNGKey(seed)
+        for i in range(counters.shape[0]):
+            key = jnp.where(counters[i] >= 0, jax.random.fold_in(key, counters[i]), key)
+        return key
+
+    def fn(seed, counters, starts, split, theta):
+        # rows r < split: row starts[0] + r of the draw keyed by counters[0]; the others: row
+        # starts[1] + r − split of the draw keyed by counters[1]
+        r = jnp.arange(SAMPLE_CHUNK)
+        first = r < split
+        key = jnp.where(first[:, None], key_of(seed, counters[0])[None], key_of(seed, counters[1])[None])
+        keys = jax.vmap(jax.random.fold_in)(key, jnp.where(first, starts[0] + r, starts[1] + r - split))
+        xs = jax.vmap(relaxation._sample_one, in_axes=(0, None, None, None))(keys, theta, S, B)
+        return xs, jax.vmap(curve)(xs)
+
+    return jax.jit(fn, compiler_options=small_program_options())
+
+
+def _pack(sizes):
+    """Chunks of SAMPLE_CHUNK rows, each a list of at most two (request, first row, rows)."""
+    chunks, cur, room = [], [], SAMPLE_CHUNK
+    for i, n in enumerate(sizes):
+        done = 0
+        while done < n:
+            if room == 0 or len(cur) == 2:
+                chunks.append(cur)
+                cur, room = [], SAMPLE_CHUNK
+            take = min(room, n - done)
+            cur.append((i, done, take))
+            done += take
+            room -= take
+    return chunks + ([cur] if cur else [])
+
+
+def sample_features(space, seed: int, requests, theta, T: int, n_points: int = 20) -> list:
+    """For each request ``(counters, n)``: ``(xs [n, dim], Z [n, n_points])``, numpy float64, where
+    ``xs = relaxation.sample(key, theta, space, n)`` with ``key = fold_in(...fold_in(PRNGKey(seed),
+    counters[0])..., counters[-1])`` (at most two counters, each in [0, 2³¹)) and
+    ``Z = curve_features(space, xs, T, n_points)``.
+
+    Bit-identical to those calls (tests/test_search.py), but all requests are drawn by one compiled
+    program of :data:`SAMPLE_CHUNK` rows (a chunk may hold the rows of two requests), called
+    ⌈Σn / SAMPLE_CHUNK⌉ times or once more: no recompilation for any n or counters, one dispatch per
+    chunk, no eager operations. (A chunk of 512 rows reproduced relaxation.sample's 64-row chunks bit
+    for bit on the CPU; 1024 rows did not, in the last bit of the simplex part.)"""
+    reqs = []
+    for counters, n in requests:
+        counters, n = [int(c) for c in counters], int(n)
+        if len(counters) > 2 or any(c < 0 or c >= 2 ** 31 for c in counters):
+            raise ConfigError(f"sample_features: expected at most two counters in [0, 2**31), got {counters}")
+        if n < 1:
+            raise ConfigError(f"samples: must be >= 1, got {n}")
+        reqs.append((counters, n))
+    if not 0 <= int(seed) < 2 ** 32:  # (PRNGKey of larger seeds: the plain calls)
+        out = []
+        for counters, n in reqs:
+            key = jax.random.PRNGKey(int(seed))
+            for c in counters:
+                key = jax.random.fold_in(key, c)
+            xs = np.asarray(relaxation.sample(key, theta, space, n), np.float64)
+            out.append((xs, curve_features(space, xs, T, n_points)))
+        return out
+    fn = _sample_curve_fn(space, int(T), int(n_points))
+    ctr = [np.asarray(c + [_NO_COUNTER] * (2 - len(c)), np.int32) for c, _ in reqs]
+    th = np.asarray(theta, np.float32)
+    seed = np.uint32(seed)
+    chunks = _pack([n for _, n in reqs])
+
+    def run(chunk):
+        (i, s0, n0), (j, s1, _) = chunk[0], chunk[-1]
+        out = fn(seed, np.stack([ctr[i], ctr[j]]), np.asarray([s0, s1], np.int32),
+                 np.int32(n0 if len(chunk) == 2 else SAMPLE_CHUNK), th)
+        return np.asarray(out[0]), np.asarray(out[1])
+
+    outs = [run(c) for c in chunks]
+    parts = [([], []) for _ in reqs]
+    for chunk, (xs, z) in zip(chunks, outs):
+        at = 0
+        for i, _, take in chunk:
+            parts[i][0].append(xs[at:at + take])
+            parts[i][1].append(z[at:at + take])
+            at += take
+    return [(np.concatenate(a).astype(np.float64), np.concatenate(b).astype(np.float64)) for a, b in parts]
 
 
 # ---------------------------------------------------------------- Gaussian process

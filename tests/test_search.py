@@ -475,3 +475,52 @@ def test_default_newton_refuses_a_state_of_the_paper_estimator_and_checks_option
         search.make_searcher("newton", S2E, epochs=0)
     with pytest.raises(ConfigError, match="^epochs: not an option of the random"):
         search.make_searcher("random", S2E, epochs=50)
+
+
+def test_default_newton_samples_and_curves_in_one_program_bit_identical():
+    # surrogate.sample_features (the default newton's draws) = relaxation.sample + curve_features, bit
+    # for bit: its proposals must stay those of the separate calls (committed benchmark tables)
+    from s2e_jax import surrogate
+
+    theta = np.random.default_rng(0).uniform(1.0, 6.0, 36)
+    for space, th, seed, requests in [(S2E, theta, 0, [((3, 2_000_001), 1100)]),
+                                      (S2E, np.ones(36), 5, [((0,), 3), ((0, 1_000_001), 1000)]),
+                                      (get_space("rbf"), np.linspace(1.0, 4.0, 26), 2, [((1, 7), 600), ((1,), 2)])]:
+        drawn = surrogate.sample_features(space, seed, requests, th, T, 20)
+        assert len(drawn) == len(requests)
+        for (counters, n), (xs, z) in zip(requests, drawn):
+            ref = np.asarray(relaxation.sample(search._key(seed, *counters), th, space, n), np.float64)
+            np.testing.assert_array_equal(xs, ref)
+            np.testing.assert_array_equal(z, surrogate.curve_features(space, ref, T, 20))
+
+
+def test_default_newton_compiles_nothing_after_its_first_iteration():
+    # after the first ask/tell, the default newton's ask and tell trace and compile no new program
+    # (fixed shapes: one sampling program for every n, one estimate of mc_samples rows); unusual
+    # mc_samples/candidates so that no other test has compiled these shapes before
+    from jax._src import dispatch
+
+    events, active = [], [False]
+
+    def listener(event, duration, **kw):
+        if active[0] and event in (dispatch.JAXPR_TRACE_EVENT, dispatch.BACKEND_COMPILE_EVENT):
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        s = search.make_searcher("newton", S2E, samples=4, seed=3, epochs=T, mc_samples=1500, candidates=700)
+        for it in range(4):
+            active[0] = True
+            xs, _ = s.ask()
+            active[0] = False
+            fs = synthetic(xs)
+            active[0] = True
+            s.tell(xs, fs)
+            active[0] = False
+            if it == 0:
+                first = list(events)
+                events.clear()
+        assert first, "the first iteration should have compiled something (the listener works)"
+        assert events == [], f"{len(events)} traces/compilations after the first iteration"
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
