@@ -36,6 +36,25 @@ def _trials(out, algo="newton"):
         return _strip([json.loads(line) for line in f])
 
 
+def _killed_after_trials(n, run):
+    """``run()`` killed (KeyboardInterrupt) right after the n-th line it appends to a trials.jsonl."""
+    original, calls = search_run.runs.append_line, {"n": 0}
+
+    def crashing_append(path, line):
+        original(path, line)
+        if path.endswith("trials.jsonl"):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt("simulated kill")
+
+    search_run.runs.append_line = crashing_append
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        search_run.runs.append_line = original
+
+
 def test_search_writes_its_run_dir_and_resumes_after_a_crash(tmp_path, small_digits):
     ref = search_run.run(_cfg(tmp_path / "ref"), small_digits)
     assert ref["trainings"] == 6
@@ -50,22 +69,7 @@ def test_search_writes_its_run_dir_and_resumes_after_a_crash(tmp_path, small_dig
 
     # crash in the middle of iteration 2 (after its first training was recorded), then resume
     crashed = tmp_path / "crash"
-    original = search_run.runs.append_line
-    calls = {"n": 0}
-
-    def crashing_append(path, line):
-        original(path, line)
-        if path.endswith("trials.jsonl"):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt("simulated kill")
-
-    search_run.runs.append_line = crashing_append
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            search_run.run(_cfg(crashed), small_digits)
-    finally:
-        search_run.runs.append_line = original
+    _killed_after_trials(3, lambda: search_run.run(_cfg(crashed), small_digits))
     assert len(_trials(crashed)) == 3
     resumed = search_run.run(_cfg(crashed), small_digits)
     assert _trials(crashed) == recs
@@ -240,20 +244,7 @@ def test_common_seed_shares_the_training_seed_within_an_iteration(tmp_path, smal
 
     # killed after the first training of iteration 2: the resumed one trains the second with the shared seed
     crashed = tmp_path / "crash"
-    append = search_run.runs.append_line
-    calls = {"n": 0}
-
-    def crashing_append(path, line):
-        append(path, line)
-        if path.endswith("trials.jsonl"):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(search_run.runs, "append_line", crashing_append)
-    with pytest.raises(KeyboardInterrupt):
-        search_run.run(cfg(crashed, True), small_digits)
-    monkeypatch.setattr(search_run.runs, "append_line", append)
+    _killed_after_trials(3, lambda: search_run.run(cfg(crashed, True), small_digits))
     seen.clear()
     search_run.run(cfg(crashed, True), small_digits)
     assert seen == [search_run.trial_seed(1, 2)]
