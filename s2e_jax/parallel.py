@@ -111,6 +111,23 @@ def gather(tree):
 
 
 # ----------------------------------------------------------------------------------- mesh
+def in_sequence(k: int, one) -> dict:
+    """``one(i) -> {name: array}`` for the K trials ``i < k`` one after another, stacked
+    ``{name: [K, ...]}`` on every process. With several processes, process p runs trials p, p + P, ...;
+    each runs ceil(K/P) (a short share repeats its last trial, or trial 0, and drops it: the others are
+    busy that long anyway), then all gather over JAX's collectives."""
+    procs, me = jax.process_count(), jax.process_index()
+    if procs == 1:
+        out = [one(i) for i in range(k)]
+        return {name: np.stack([o[name] for o in out]) for name in out[0]}
+    per = -(-k // procs)
+    mine = [i for i in range(me, k, procs)]
+    out = [one(i) for i in mine + [mine[-1] if mine else 0] * (per - len(mine))]
+    local = {name: np.stack([o[name] for o in out]) for name in out[0]}
+    every = jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(local))  # [P, per, ...]
+    return {name: np.stack([v[i % procs, i // procs] for i in range(k)]) for name, v in every.items()}
+
+
 def trial_mesh(devices=None) -> Mesh:
     """A 1-D mesh named ``"trials"`` over ``devices`` (default: every device of every process)."""
     devices = jax.devices() if devices is None else list(devices)

@@ -12,7 +12,6 @@ from typing import Any, Optional
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from s2e_jax import checkpoint
 from s2e_jax import data as data_lib
@@ -405,12 +404,12 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
         metrics, _ = parallel.run_trials(prep, scheds, seeds, epochs=epochs, mesh=mesh,
                                          memory_budget_mib=memory_budget_mib, checkpoint_dir=batch_checkpoint_dir)
         return metrics
-    k, procs, me = len(scheds), jax.process_count(), jax.process_index()
+    alone = jax.process_count() == 1
 
     def one(i):
         carry, rows = init_carry(prep, int(seeds[i]), scheds[i]), []
         ckpts = None
-        if checkpoint_dirs is not None and procs == 1 and prep.config.checkpoint_every != 0:
+        if checkpoint_dirs is not None and alone and prep.config.checkpoint_every != 0:
             ckpts, carry, rows = checkpoint.continue_from(checkpoint_dirs[i], carry, epochs)
         policy = checkpoint.Policy(prep.config.checkpoint_every)
         for _ in range(len(rows), epochs):
@@ -423,14 +422,4 @@ def train_trials(prep: Prepared, scheds, seeds, epochs: Optional[int] = None,
             ckpts.close()
         return stack_epochs([to_host(r) for r in rows])
 
-    if procs == 1:
-        out = [one(i) for i in range(k)]
-        return {name: np.stack([o[name] for o in out]) for name in out[0]}
-    # process p runs trials p, p + P, ...; every process runs ceil(K/P) (a short share repeats its
-    # last trial, or trial 0, and drops it: the others are busy that long anyway), then all gather
-    per = -(-k // procs)
-    mine = [i for i in range(me, k, procs)]
-    out = [one(i) for i in mine + [mine[-1] if mine else 0] * (per - len(mine))]
-    local = {name: np.stack([o[name] for o in out]) for name in out[0]}
-    every = jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(local))  # [P, per, ...]
-    return {name: np.stack([v[i % procs, i // procs] for i in range(k)]) for name, v in every.items()}
+    return parallel.in_sequence(len(scheds), one)
