@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     _cache_dir = tempfile.mkdtemp(prefix="s2e_jax_tests_xla_cache_")
     atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
@@ -23,3 +25,13 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
 from s2e_jax import xla_cpu  # noqa: E402
 
 xla_cpu.configure()
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    """The first 256 training and 128 validation/test images of digits: a search in seconds."""
+    from s2e_jax import data as data_lib
+
+    ds = data_lib.load_dataset("digits")
+    return ds.__class__(ds.name, ds.x_train[:256], ds.y_train[:256], ds.y_train_clean[:256],
+                        ds.x_val[:128], ds.y_val[:128], ds.x_test[:128], ds.y_test[:128], ds.num_classes)

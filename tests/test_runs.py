@@ -53,15 +53,6 @@ def test_read_json_names_a_damaged_file(tmp_path):
     assert runs.RunDir(str(tmp_path)).read_json("state.json", kind=dict) == {"a": 1}
 
 
-@pytest.fixture(scope="module")
-def small_digits():
-    from s2e_jax import data as data_lib
-
-    ds = data_lib.load_dataset("digits")
-    return ds.__class__(ds.name, ds.x_train[:256], ds.y_train[:256], ds.y_train_clean[:256],
-                        ds.x_val[:128], ds.y_val[:128], ds.x_test[:128], ds.y_test[:128], ds.num_classes)
-
-
 def _search_cfg(out, algo="newton", iterations=2):
     from s2e_jax import search_run
     from s2e_jax.config import TrainConfig

@@ -9,16 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from s2e_jax import data as data_lib
 from s2e_jax import search_run
 from s2e_jax.config import ConfigError, ExecutionConfig, TrainConfig
-
-
-@pytest.fixture(scope="module")
-def small_digits():
-    ds = data_lib.load_dataset("digits")
-    return ds.__class__(ds.name, ds.x_train[:256], ds.y_train[:256], ds.y_train_clean[:256],
-                        ds.x_val[:128], ds.y_val[:128], ds.x_test[:128], ds.y_test[:128], ds.num_classes)
 
 
 def _cfg(out, algo="newton", iterations=3):
