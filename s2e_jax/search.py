@@ -21,7 +21,8 @@ Searchers (all :class:`Searcher`):
 Interface: ``ask(n=None) -> (xs, budget)``, ``tell(xs, fs) -> records``, ``best() -> (x, f)``,
 ``state_dict()`` (JSON-serializable) and ``load_state_dict(d)``; ``history`` is a list of records
 ``{iteration, trial, x, f, budget, cost, failed}``. All randomness is derived from ``seed`` and the
-iteration counter (``fold_in(PRNGKey(seed), iteration)``), never from a stateful RNG, so a searcher
+iteration counter (``fold_in(PRNGKey(seed), iteration)``; the default newton's numpy streams
+``default_rng([seed, iteration, purpose])``), never from a stateful RNG, so a searcher
 restored from ``state_dict`` asks exactly what the uninterrupted one would. ``ask`` is idempotent
 until the matching ``tell``.
 
@@ -239,11 +240,27 @@ def weights(fs, baseline: bool = True) -> np.ndarray:
     return (fs - fs.mean()) * (K / (K - 1.0))
 
 
-@functools.lru_cache(maxsize=1)
-def _estimate_small():
-    """:func:`_estimate` compiled with :func:`surrogate.small_program_options` (bit-identical values;
-    the default newton's estimate, on a fixed ``mc_samples`` rows: one compilation per process)."""
-    return jax.jit(_estimate.__wrapped__, static_argnums=(3, 4), compiler_options=surrogate.small_program_options())
+def _estimate_summed(theta, xs, w, S, B):
+    """:func:`_estimate` computed with fewer operations, for thousands of samples: the weighted mean of
+    the per-sample Hessians is the Hessian of the weighted mean of log p (linearity), the weighted outer
+    products one matrix product. Equal to :func:`_estimate` up to float rounding (tests/test_search.py)."""
+    K = xs.shape[0]
+    log_probs = jax.vmap(relaxation._log_prob, in_axes=(None, 0, None, None))
+    s = jax.vmap(jax.grad(relaxation._log_prob), in_axes=(None, 0, None, None))(theta, xs, S, B)     # [K, P]
+    g = w @ s / K                                                                                     # eq. (7)
+    H = jax.hessian(lambda th: w @ log_probs(th, xs, S, B) / K)(theta) + (s.T * w) @ s / K            # Prop. 1
+    return g, H
+
+
+@functools.lru_cache(maxsize=8)
+def _summed_estimate_program(S: int, B: int, rows: int):
+    """Future of :func:`_estimate_summed` compiled for ``rows`` samples, called as
+    ``program(theta, xs, w)`` (the default newton's; compiled in the background, see
+    :func:`surrogate.compile_in_background`)."""
+    fn = jax.jit(_estimate_summed, static_argnums=(3, 4), compiler_options=surrogate.small_program_options())
+    f = jnp.result_type(float)
+    shape = jax.ShapeDtypeStruct
+    return surrogate.compile_in_background(fn, shape((S + 2 * B,), f), shape((rows, S + B), f), shape((rows,), f), S, B)
 
 
 def estimate(theta, xs, fs, space, baseline: bool = True, program=None):
@@ -256,14 +273,14 @@ def estimate(theta, xs, fs, space, baseline: bool = True, program=None):
     expectations unchanged: the leave-one-out estimators stay exactly unbiased while their variance
     drops (the plain sample-mean baseline would be biased by a factor (K−1)/K, i.e. O(1/K)).
 
-    ``program``: the compiled estimate to use instead of :func:`_estimate` (same values), given float32
-    numpy inputs (no conversion dispatched to the device).
+    ``program``: a compiled estimate called as ``program(theta, xs, w)`` instead of :func:`_estimate`
+    (the same values up to rounding), given numpy inputs of the default float dtype.
     """
     S, B = relaxation.sizes(space)
     w = weights(fs, baseline)
     if program is not None:
-        f32 = jnp.result_type(float)
-        g, H = program(np.asarray(theta, f32), np.asarray(xs, f32), np.asarray(w, f32), S, B)
+        f = jnp.result_type(float)
+        g, H = program(np.asarray(theta, f), np.asarray(xs, f), np.asarray(w, f))
         return np.asarray(g, np.float64), np.asarray(H, np.float64)
     g, H = _estimate(relaxation._float(theta), relaxation._float(xs), relaxation._float(w), S, B)
     return np.asarray(g, np.float64), np.asarray(H, np.float64)
@@ -360,7 +377,7 @@ class Relaxation(Searcher):
         self.theta_min = _check_pos("theta_min", theta_min)
         self.baseline = bool(baseline)
         self.normalize = bool(normalize)
-        self.theta = project(np.asarray(relaxation.theta_init(space), np.float64), self.theta_min)
+        self.theta = project(np.ones(relaxation.n_params(space)), self.theta_min)  # θ¹ = 1 (theta_init)
         self.last_step: dict = {}
 
     def _propose(self, n):
@@ -452,11 +469,15 @@ class SurrogateNewton(Relaxation):
     4. trainings: of the K points of an iteration, ⌊``explore`` · K⌋ are the lowest confidence bounds
        (surrogate mean − sd) among ``candidates`` samples of p_θ, the rest plain samples of p_θ (which
        keep the surrogate honest where p_θ puts its mass). The first iteration (no data) is K plain
-       samples of θ¹ = 1, i.e. random search's first batch.
+       samples of θ¹ = 1 (uniform, as random search's).
 
-    Every draw is keyed by (seed, iteration, purpose) and the surrogate is a deterministic function
-    of the history, so a restored search asks what the uninterrupted one would; the state adds θ,
-    the options and the last fit's hyperparameters (for logs; they are recomputed, not trusted).
+    How it runs: the samples are drawn by numpy on the host (:func:`relaxation.sample_host`, p_θ's
+    distribution without a compiled sampler), each from the stream of (seed, iteration, purpose); the
+    curves and the estimate are two compiled programs of fixed shapes (:func:`surrogate.curve_program`,
+    :func:`_estimate_summed`) whose compilation starts on a worker thread when the searcher is made.
+    The surrogate is a deterministic function of the history, so a restored search asks what the
+    uninterrupted one would; the state adds θ, the options, the sampler and the last fit's
+    hyperparameters (for logs; they are recomputed, not trusted).
 
     Args (besides :class:`Searcher`'s): ``epochs`` (T of R_x(t); search_run passes the training's),
     ``rho`` (the first step size tried), ``eta``, ``L``, ``theta_min`` as in :class:`Relaxation`,
@@ -465,6 +486,7 @@ class SurrogateNewton(Relaxation):
     """
 
     MIN_FIT = 3  # trainings needed before the surrogate is used
+    SAMPLER = "numpy"  # recorded in the state: the draws of another sampler differ
 
     def __init__(self, space, samples: int = 8, seed: int = 0, epochs: int = 200, rho: float = 1.0,
                  eta: float = 0.1, L: float = 1e3, theta_min: float = 1.0, kl_max: float = 0.5,
@@ -485,6 +507,9 @@ class SurrogateNewton(Relaxation):
         self.fit_info: dict = {}
         self._gp = None  # (number of trainings it was fitted to, surrogate.GP)
         self._known_z: dict = {}  # x.tobytes() -> curve features of the points proposed by this process
+        # its two compiled programs (curves, the estimate) start compiling now, on a worker thread
+        surrogate.curve_program(space, self.epochs, self.n_points)
+        _summed_estimate_program(*relaxation.sizes(space), self.mc_samples)
 
     # -------------------------------------------------------------- surrogate
     def _features(self, xs):
@@ -510,12 +535,11 @@ class SurrogateNewton(Relaxation):
 
     # -------------------------------------------------------------- ask / tell
     def _estimate_program(self):
-        return _estimate_small()
+        return _summed_estimate_program(*relaxation.sizes(self.space), self.mc_samples).result()
 
     def _sample(self, *requests):
-        """``[(xs, curve features)]`` of ``relaxation.sample(_key(seed, *counters), θ, space, n)`` for each
-        request ``(counters, n)``, bit-identical, from one compiled program for every n and counters
-        (:func:`surrogate.sample_features`)."""
+        """``[(xs, curve features)]`` for each request ``(counters, n)``: n samples of p_θ from the numpy
+        stream of (seed, *counters) and their curves (:func:`surrogate.sample_features`)."""
         return surrogate.sample_features(self.space, self.seed, requests, self.theta, self.epochs, self.n_points)
 
     def _propose(self, n):
@@ -561,6 +585,7 @@ class SurrogateNewton(Relaxation):
     def _extra_state(self):
         d = super()._extra_state()
         d["estimator"] = "surrogate"
+        d["sampler"] = self.SAMPLER
         d["options"].update(epochs=self.epochs, kl_max=self.kl_max, steps=self.steps,
                             mc_samples=self.mc_samples, candidates=self.candidates, explore=self.explore,
                             n_points=self.n_points)
@@ -572,6 +597,9 @@ class SurrogateNewton(Relaxation):
             raise ConfigError("state: saved by the paper's estimator (algo 'newton' before the surrogate-"
                               "assisted default); it cannot be resumed by the default newton: start a new "
                               "search (algo newton_paper is that estimator)")
+        if d.get("sampler") != self.SAMPLER:
+            raise ConfigError("state: saved by an earlier version of the default newton, which drew its samples "
+                              "with JAX's keys; it cannot be resumed by this version: start a new search")
         super()._load_extra_state(d)
         self.fit_info = dict(d.get("surrogate_fit", {}))
         self._gp = None

@@ -19,6 +19,7 @@ the default step) lives here as well.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 from typing import NamedTuple
@@ -55,139 +56,74 @@ def _threadpool_controller():
     return ThreadpoolController()
 
 
+# ---------------------------------------------------------------- compiled in the background
+_EXECUTOR: list = []  # one worker thread, made at the first request
+
+
+def compile_in_background(fn, *args) -> concurrent.futures.Future:
+    """A future of ``fn.lower(*args).compile()`` (``fn`` jitted, ``args`` shapes or static values),
+    compiled on a worker thread: the default search starts its programs' compilation when it is made,
+    so that it runs while the first trainings are prepared and compiled, not when they are done
+    (XLA compiles outside Python's lock). The worker is joined at exit."""
+    if not _EXECUTOR:
+        _EXECUTOR.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="s2e-compile"))
+    return _EXECUTOR[0].submit(lambda: fn.lower(*args).compile())
+
+
+def small_program_options():
+    """XLA options of the default search's small programs (curves, the estimate): on the CPU
+    optimization level 1, which compiles faster than the default level with the same values; elsewhere
+    XLA's defaults. Read when the first program is built (after the entry point has configured XLA)."""
+    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+
+
 # ---------------------------------------------------------------- curve features
-ROWS = 256  # curve features are computed on row counts padded to a multiple of this
+CHUNK = 1024  # rows per call of the compiled curve program: one compilation per (space, T, n_points)
 
 
 @functools.lru_cache(maxsize=32)
-def _curve_fn(space, T: int, n_points: int):
-    ts = jnp.asarray(np.linspace(0.0, T - 1.0, n_points), jnp.float32)
+def curve_program(space, T: int, n_points: int) -> concurrent.futures.Future:
+    """Future of the compiled program ``xs [CHUNK, dim] float32 -> R_x(t) [CHUNK, n_points]`` at
+    ``n_points`` epochs evenly spread over 0..T−1; its compilation starts at the first call."""
+    ts = np.linspace(0.0, T - 1.0, n_points).astype(np.float32)  # (numpy: no eager program)
 
     def one(x):
         params = space.decode(x, T)
         return jax.vmap(lambda t: space.rate(t, params, T))(ts)
 
-    return jax.jit(jax.vmap(one))
+    fn = jax.jit(jax.vmap(one), compiler_options=small_program_options())
+    return compile_in_background(fn, jax.ShapeDtypeStruct((CHUNK, space.dim), jnp.float32))
 
 
 def curve_features(space, xs, T: int, n_points: int = 20) -> np.ndarray:
-    """``[n, n_points]``: R_x(t) of each row of ``xs`` at ``n_points`` epochs evenly spread over 0..T−1."""
+    """``[n, n_points]``: R_x(t) of each row of ``xs`` at ``n_points`` epochs evenly spread over 0..T−1
+    (float64 of the float32 curves), by :func:`curve_program` in chunks of :data:`CHUNK` rows."""
     xs = np.asarray(xs, np.float32)
     if xs.ndim != 2 or xs.shape[1] != space.dim:
         raise ConfigError(f"xs: expected shape [n, {space.dim}], got {xs.shape}")
     n = len(xs)
-    padded = -(-max(n, 1) // ROWS) * ROWS  # a few compiled shapes, whatever the history's length
-    xs = np.concatenate([xs, np.repeat(xs[:1] if n else np.full((1, space.dim), 0.5, np.float32), padded - n, 0)])
-    return np.asarray(_curve_fn(space, int(T), int(n_points))(jnp.asarray(xs)), np.float64)[:n]
-
-
-# ---------------------------------------------------------------- fused sampling + curve features
-SAMPLE_CHUNK = 512  # rows per call of the fused program below (see sample_features)
-_NO_COUNTER = -1
-
-
-def small_program_options():
-    """XLA options of the default search's small programs (sampling + curves, the estimate): on the
-    CPU optimization level 1, which compiles the gamma sampler faster than the default level and gives
-    bit-identical values (level 0, as for the trainer's init programs, changed the last bits; figures in
-    docs/search.md, "Searcher overhead"). Elsewhere XLA's defaults. Read when the first program is
-    built (after the entry point has configured XLA)."""
-    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
-
-
-@functools.lru_cache(maxsize=32)
-def _sample_curve_fn(space, T: int, n_points: int):
-    S, B = relaxation.sizes(space)
-    ts = jnp.asarray(np.linspace(0.0, T - 1.0, n_points), jnp.float32)
-
-    def curve(x):
-        params = space.decode(x, T)
-        return jax.vmap(lambda t: space.rate(t, params, T))(ts)
-
-    def key_of(seed, counters):  # = search._key(seed, *counters), counters < 0 skipped
-        key = jax.random.PRNGKey(seed)
-        for i in range(counters.shape[0]):
-            key = jnp.where(counters[i] >= 0, jax.random.fold_in(key, counters[i]), key)
-        return key
-
-    def fn(seed, counters, starts, split, theta):
-        # rows r < split: row starts[0] + r of the draw keyed by counters[0]; the others: row
-        # starts[1] + r − split of the draw keyed by counters[1]
-        r = jnp.arange(SAMPLE_CHUNK)
-        first = r < split
-        key = jnp.where(first[:, None], key_of(seed, counters[0])[None], key_of(seed, counters[1])[None])
-        keys = jax.vmap(jax.random.fold_in)(key, jnp.where(first, starts[0] + r, starts[1] + r - split))
-        xs = jax.vmap(relaxation._sample_one, in_axes=(0, None, None, None))(keys, theta, S, B)
-        return xs, jax.vmap(curve)(xs)
-
-    return jax.jit(fn, compiler_options=small_program_options())
-
-
-def _pack(sizes):
-    """Chunks of SAMPLE_CHUNK rows, each a list of at most two (request, first row, rows)."""
-    chunks, cur, room = [], [], SAMPLE_CHUNK
-    for i, n in enumerate(sizes):
-        done = 0
-        while done < n:
-            if room == 0 or len(cur) == 2:
-                chunks.append(cur)
-                cur, room = [], SAMPLE_CHUNK
-            take = min(room, n - done)
-            cur.append((i, done, take))
-            done += take
-            room -= take
-    return chunks + ([cur] if cur else [])
+    if n == 0:
+        return np.zeros((0, int(n_points)))
+    program = curve_program(space, int(T), int(n_points)).result()
+    padded = np.concatenate([xs, np.repeat(xs[:1], -n % CHUNK, 0)])
+    return np.concatenate([np.asarray(program(padded[i:i + CHUNK]), np.float64)
+                           for i in range(0, len(padded), CHUNK)])[:n]
 
 
 def sample_features(space, seed: int, requests, theta, T: int, n_points: int = 20) -> list:
     """For each request ``(counters, n)``: ``(xs [n, dim], Z [n, n_points])``, numpy float64, where
-    ``xs = relaxation.sample(key, theta, space, n)`` with ``key = fold_in(...fold_in(PRNGKey(seed),
-    counters[0])..., counters[-1])`` (at most two counters, each in [0, 2³¹)) and
-    ``Z = curve_features(space, xs, T, n_points)``.
-
-    Bit-identical to those calls (tests/test_search.py), but all requests are drawn by one compiled
-    program of :data:`SAMPLE_CHUNK` rows (a chunk may hold the rows of two requests), called
-    ⌈Σn / SAMPLE_CHUNK⌉ times or once more: no recompilation for any n or counters, one dispatch per
-    chunk, no eager operations. (A chunk of 512 rows reproduced relaxation.sample's 64-row chunks bit
-    for bit on the CPU; 1024 rows did not, in the last bit of the simplex part.)"""
+    ``xs = relaxation.sample_host(numpy.random.default_rng([seed, *counters]), theta, space, n)`` (a
+    stream of its own for each seed and counters) and ``Z = curve_features(space, xs, T, n_points)``;
+    the curves of all requests in one pass of :func:`curve_program`."""
     reqs = []
     for counters, n in requests:
         counters, n = [int(c) for c in counters], int(n)
-        if len(counters) > 2 or any(c < 0 or c >= 2 ** 31 for c in counters):
-            raise ConfigError(f"sample_features: expected at most two counters in [0, 2**31), got {counters}")
-        if n < 1:
-            raise ConfigError(f"samples: must be >= 1, got {n}")
-        reqs.append((counters, n))
-    if not 0 <= int(seed) < 2 ** 32:  # (PRNGKey of larger seeds: the plain calls)
-        out = []
-        for counters, n in reqs:
-            key = jax.random.PRNGKey(int(seed))
-            for c in counters:
-                key = jax.random.fold_in(key, c)
-            xs = np.asarray(relaxation.sample(key, theta, space, n), np.float64)
-            out.append((xs, curve_features(space, xs, T, n_points)))
-        return out
-    fn = _sample_curve_fn(space, int(T), int(n_points))
-    ctr = [np.asarray(c + [_NO_COUNTER] * (2 - len(c)), np.int32) for c, _ in reqs]
-    th = np.asarray(theta, np.float32)
-    seed = np.uint32(seed)
-    chunks = _pack([n for _, n in reqs])
-
-    def run(chunk):
-        (i, s0, n0), (j, s1, _) = chunk[0], chunk[-1]
-        out = fn(seed, np.stack([ctr[i], ctr[j]]), np.asarray([s0, s1], np.int32),
-                 np.int32(n0 if len(chunk) == 2 else SAMPLE_CHUNK), th)
-        return np.asarray(out[0]), np.asarray(out[1])
-
-    outs = [run(c) for c in chunks]
-    parts = [([], []) for _ in reqs]
-    for chunk, (xs, z) in zip(chunks, outs):
-        at = 0
-        for i, _, take in chunk:
-            parts[i][0].append(xs[at:at + take])
-            parts[i][1].append(z[at:at + take])
-            at += take
-    return [(np.concatenate(a).astype(np.float64), np.concatenate(b).astype(np.float64)) for a, b in parts]
+        if int(seed) < 0 or any(c < 0 for c in counters):
+            raise ConfigError(f"sample_features: seed and counters must be >= 0, got {seed}, {counters}")
+        reqs.append(relaxation.sample_host(np.random.default_rng([int(seed), *counters]), theta, space, n))
+    Z = curve_features(space, np.concatenate(reqs), T, n_points)
+    bounds = np.cumsum([0] + [len(xs) for xs in reqs])
+    return [(xs, Z[lo:hi]) for xs, lo, hi in zip(reqs, bounds[:-1], bounds[1:])]
 
 
 # ---------------------------------------------------------------- Gaussian process

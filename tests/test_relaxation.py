@@ -122,6 +122,41 @@ def test_sample_support_determinism_and_moments():
     np.testing.assert_allclose(xs.var(0), var, rtol=0.2)
 
 
+@pytest.mark.parametrize("space,lo,hi", [(S2E, 0.3, 5.0), (S2E, 0.02, 0.2), (BOX, 1.0, 8.0)],
+                         ids=["s2e", "s2e-tiny-concentrations", "box"])
+def test_sample_host_has_the_distribution_of_sample(space, lo, hi):
+    # numpy's draws on the host (the default search's sampler) against relaxation.sample (JAX's keys):
+    # the same support and clipping, the same means, variances and per-coordinate distributions
+    theta = _theta(space, 4, lo, hi)
+    S = space.n_simplex
+    n = 4096
+    host = relaxation.sample_host(np.random.default_rng(0), theta, space, n)
+    ref = _xs(theta, space, n, seed=1)
+    assert host.shape == ref.shape and host.dtype == np.float64 and np.isfinite(host).all()
+    np.testing.assert_array_equal(host, host.astype(np.float32))   # float32 values, as sample's
+    if S:
+        np.testing.assert_allclose(host[:, :S].sum(1), 1.0, atol=1e-5)
+    assert host.min() >= relaxation.EPS * 0.99 and host[:, S:].max() <= 1 - relaxation.EPS
+    # two-sample Kolmogorov–Smirnov test per coordinate (Bonferroni over the coordinates); the mass
+    # clipped to EPS (renormalized: last bits differ between the samplers) counted as one value
+    def clipped(x):
+        return np.where(x < 2 * relaxation.EPS, 0.0, np.where(x > 1 - 2 * relaxation.EPS, 1.0, x))
+
+    p = [stats.ks_2samp(clipped(host[:, j]), clipped(ref[:, j])).pvalue for j in range(host.shape[1])]
+    assert min(p) > 1e-3 / host.shape[1], f"coordinate {int(np.argmin(p))}: p = {min(p):.2g}"
+    se = np.sqrt((host.var(0) + ref.var(0)) / n)
+    assert np.all(np.abs(host.mean(0) - ref.mean(0)) < 5 * se + 1e-9)
+    # the same generator state gives the same draws; another state others
+    np.testing.assert_array_equal(relaxation.sample_host(np.random.default_rng([7, 1]), theta, space, 9),
+                                  relaxation.sample_host(np.random.default_rng([7, 1]), theta, space, 9))
+    assert not np.array_equal(relaxation.sample_host(np.random.default_rng([7, 2]), theta, space, 9),
+                              relaxation.sample_host(np.random.default_rng([7, 1]), theta, space, 9))
+    with pytest.raises(ConfigError, match="^samples"):
+        relaxation.sample_host(np.random.default_rng(0), theta, space, 0)
+    with pytest.raises(ConfigError, match="^theta"):
+        relaxation.sample_host(np.random.default_rng(0), -theta, space, 3)
+
+
 # ---------------------------------------------------------------- densities
 @pytest.mark.parametrize("space", [S2E, BOX], ids=["s2e", "box"])
 def test_log_prob_matches_scipy(space):

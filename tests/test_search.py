@@ -130,6 +130,20 @@ def test_gradient_and_hessian_estimators_are_unbiased(K, baseline):
     assert np.linalg.norm(gs.mean(0) - g_true) < 0.25 * np.linalg.norm(g_true)
 
 
+def test_summed_estimate_of_the_default_search_equals_the_plain_estimate():
+    # the default newton's program (Hessian of the weighted mean, one matrix product) against
+    # _estimate (per-sample Hessians and outer products, as Proposition 1 reads), on 2,000 samples
+    theta = np.random.default_rng(1).uniform(1.0, 5.0, 36)
+    xs = relaxation.sample_host(np.random.default_rng(2), theta, S2E, 2000)
+    fs = synthetic(xs)
+    program = search._summed_estimate_program(4, 16, 2000).result()
+    g, H = search.estimate(theta, xs, fs, S2E, program=program)
+    g0, H0 = search.estimate(theta, xs, fs, S2E)
+    assert np.abs(H0).max() > 0.01
+    np.testing.assert_allclose(g, g0, rtol=1e-4, atol=1e-5 * np.abs(g0).max())
+    np.testing.assert_allclose(H, H0, rtol=1e-4, atol=1e-5 * np.abs(H0).max())
+
+
 def test_sample_mean_baseline_would_be_biased_but_leave_one_out_is_not():
     # With K = 2 the plain sample-mean baseline halves the gradient: (f_i − f̄) = (f_i − f_j)/2.
     g_true = np.asarray(_exact_grad(jnp.asarray(THETA)), np.float64)
@@ -177,7 +191,6 @@ def test_default_newton_finds_better_schedules_per_training_than_random_search()
     M, K = 10, 6
     newton = np.mean([_best_so_far("newton", seed, M, K) for seed in range(3)], axis=0)
     random = np.mean([_best_so_far("random", seed, M, K) for seed in range(3)], axis=0)
-    np.testing.assert_array_equal(newton[:K], random[:K])   # the first batch is random search's
     for n in (30, 60):
         assert newton[n - 1] < 0.5 * random[n - 1], (n, newton[n - 1], random[n - 1])
 
@@ -197,8 +210,8 @@ def test_ask_is_idempotent_and_tell_checks_points():
     assert set(recs[0]) >= {"iteration", "x", "f", "budget", "failed", "cost"}
     with pytest.raises(ConfigError, match="tell"):
         s.tell(xs, cheap(xs))   # nothing pending
-    # a first Newton batch is the first random-search batch (same seed): a fair comparison
-    np.testing.assert_array_equal(search.make_searcher("random", S2E, samples=8, seed=0).ask()[0], xs)
+    # the first batch: plain samples of θ¹ = 1 (uniform) from the stream of (seed, iteration 0)
+    np.testing.assert_array_equal(relaxation.sample_host(np.random.default_rng([0, 0]), np.ones(36), S2E, 8), xs)
 
 
 @pytest.mark.parametrize("algo", ["newton", "newton_paper", "ng", "random", "tpe", "hyperband"])
@@ -447,9 +460,9 @@ def test_default_newton_steps_stay_in_the_kl_trust_region_and_explore():
         assert len(s.last_step["kl"]) == 2 and max(s.last_step["kl"]) <= 0.3 + 1e-9
         assert surrogate.kl_divergence(s.theta, old, S2E) > 0
     # after the first batch, half of each batch are the surrogate's lowest confidence bounds, the rest
-    # plain samples of p_θ (a prefix of what the paper's estimator would draw with this θ)
+    # plain samples of p_θ (from the stream of (seed, iteration))
     xs, _ = s.ask()
-    plain = np.asarray(relaxation.sample(search._key(0, s.iteration), s.theta, S2E, 3), np.float64)
+    plain = relaxation.sample_host(np.random.default_rng([0, s.iteration]), s.theta, S2E, 3)
     np.testing.assert_array_equal(xs[:3], plain)
     assert s.state_dict()["surrogate_fit"]["trainings"] == 24
 
@@ -477,9 +490,10 @@ def test_default_newton_refuses_a_state_of_the_paper_estimator_and_checks_option
         search.make_searcher("random", S2E, epochs=50)
 
 
-def test_default_newton_samples_and_curves_in_one_program_bit_identical():
-    # surrogate.sample_features (the default newton's draws) = relaxation.sample + curve_features, bit
-    # for bit: its proposals must stay those of the separate calls (committed benchmark tables)
+def test_default_newton_sample_features_are_the_streams_samples_and_their_curves():
+    # surrogate.sample_features (the default newton's draws): each request's rows are sample_host from the
+    # stream of (seed, *counters), with their curves R_x(t) (checked against the space's own curve);
+    # requests are curved together, across the compiled program's chunks
     from s2e_jax import surrogate
 
     theta = np.random.default_rng(0).uniform(1.0, 6.0, 36)
@@ -488,27 +502,39 @@ def test_default_newton_samples_and_curves_in_one_program_bit_identical():
                                       (get_space("rbf"), np.linspace(1.0, 4.0, 26), 2, [((1, 7), 600), ((1,), 2)])]:
         drawn = surrogate.sample_features(space, seed, requests, th, T, 20)
         assert len(drawn) == len(requests)
+        ts = jnp.asarray(np.linspace(0.0, T - 1.0, 20), jnp.float32)
         for (counters, n), (xs, z) in zip(requests, drawn):
-            ref = np.asarray(relaxation.sample(search._key(seed, *counters), th, space, n), np.float64)
+            ref = relaxation.sample_host(np.random.default_rng([seed, *counters]), th, space, n)
             np.testing.assert_array_equal(xs, ref)
+            assert z.shape == (n, 20) and z.dtype == np.float64
             np.testing.assert_array_equal(z, surrogate.curve_features(space, ref, T, 20))
+            for i in (0, n - 1):
+                params = space.decode(jnp.asarray(ref[i], jnp.float32), T)
+                curve = np.asarray([space.rate(t, params, T) for t in ts], np.float64)
+                np.testing.assert_allclose(z[i], curve, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="^sample_features"):
+        surrogate.sample_features(S2E, 0, [((-1,), 3)], theta, T)
 
 
-def test_default_newton_compiles_nothing_after_its_first_iteration():
-    # after the first ask/tell, the default newton's ask and tell trace and compile no new program
-    # (fixed shapes: one sampling program for every n, one estimate of mc_samples rows); unusual
-    # mc_samples/candidates so that no other test has compiled these shapes before
+def test_default_newton_compiles_on_its_worker_thread_and_nothing_after_its_first_iteration():
+    # the default newton's two programs are compiled on the worker thread that its construction starts
+    # (none on the caller's thread), and after the first ask/tell nothing is traced or compiled (fixed
+    # shapes: one curve program for every n, one estimate of mc_samples rows); unusual mc_samples /
+    # candidates / n_points so that no other test has compiled these shapes before
+    import threading
+
     from jax._src import dispatch
 
-    events, active = [], [False]
+    events, active = [], [True]
 
     def listener(event, duration, **kw):
         if active[0] and event in (dispatch.JAXPR_TRACE_EVENT, dispatch.BACKEND_COMPILE_EVENT):
-            events.append(event)
+            events.append((event, threading.current_thread().name))
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        s = search.make_searcher("newton", S2E, samples=4, seed=3, epochs=T, mc_samples=1500, candidates=700)
+        s = search.make_searcher("newton", S2E, samples=4, seed=3, epochs=T, mc_samples=1500, candidates=700,
+                                 n_points=17)
         for it in range(4):
             active[0] = True
             xs, _ = s.ask()
@@ -520,7 +546,9 @@ def test_default_newton_compiles_nothing_after_its_first_iteration():
             if it == 0:
                 first = list(events)
                 events.clear()
-        assert first, "the first iteration should have compiled something (the listener works)"
+        compiled = [name for event, name in first if event == dispatch.BACKEND_COMPILE_EVENT]
+        assert len(compiled) == 2, first   # the listener works: the curves and the estimate
+        assert all(name.startswith("s2e-compile") for _, name in first), first
         assert events == [], f"{len(events)} traces/compilations after the first iteration"
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
