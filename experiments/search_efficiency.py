@@ -303,6 +303,7 @@ def overhead(a):
     recs = [json.loads(line) for line in open(a.overhead)]
     train_s = float(np.mean([r["seconds"] for r in recs]))
     obj = Objective(targets()["dip_rise"])
+    parts = components()  # (first: it times the compilations)
     rows = []
     for seed in a.search_seeds:
         s = search.make_searcher("newton", SPACE, samples=a.samples, seed=seed, epochs=T)
@@ -327,18 +328,68 @@ def overhead(a):
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, `{cmd}`\n",
              f"Mean training time in {a.overhead}: {train_s:.2f} s, so {it_train:.1f} s of trainings per "
              "iteration. Searcher time per iteration = ask + tell (the objective here is a synthetic f of "
-             "negligible cost); the first iteration of a process includes JAX's compilations (a process "
-             "runs the search seeds in turn: only the first seed's pays them). Whole search = every "
-             "iteration's searcher time against the same plus the trainings at the mean time.\n",
+             "negligible cost); the searcher's programs were compiled before (the components below), as "
+             "in a real search, where they compile on a worker thread while the first trainings are "
+             "prepared. Whole search = every iteration's searcher time against the same plus the "
+             "trainings at the mean time.\n",
              "| search seed | first iteration s | later iterations: mean s | max s | share of an iteration (mean) "
              "| whole search: searcher s | share of the search |",
              "|---|---|---|---|---|---|---|"]
     for seed, first, mean, mx, total, n_it in rows:
         lines.append(f"| {seed} | {first:.2f} | {mean:.3f} | {mx:.3f} | {100 * mean / (mean + it_train):.2f}% "
                      f"| {total:.2f} | {100 * total / (total + n_it * it_train):.2f}% |")
+    lines += ["", *parts]
     with open(os.path.join(a.out, f"overhead_newton_K{a.samples}_b{a.budget}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def components(rows=5600, mc=2000, reps=10):
+    """The default searcher's two execution choices against the plain computations, in this process:
+    drawing an iteration's samples (``rows`` = 2 × mc_samples + candidates + K) by numpy on the host
+    (``relaxation.sample_host``) or by JAX's keyed sampler (``relaxation.sample``), and Proposition 1
+    on ``mc`` samples summed by linearity (the default's program) or per sample (``search.estimate``'s
+    plain program). First call (compiles) and the median of ``reps`` later calls, ms."""
+    from s2e_jax import relaxation, surrogate
+
+    theta = np.random.default_rng(0).uniform(1.0, 4.0, relaxation.n_params(SPACE))
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        first = time.perf_counter() - t0
+        later = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            later.append(time.perf_counter() - t0)
+        return 1e3 * first, 1e3 * float(np.median(later))
+
+    xs = relaxation.sample_host(np.random.default_rng(1), theta, SPACE, mc)
+    fs = np.random.default_rng(2).normal(size=mc)
+    summed = search._summed_estimate_program(*relaxation.sizes(SPACE), mc)  # compile on the worker
+    curves = surrogate.curve_program(SPACE, T, 20)
+    t0 = time.perf_counter()
+    summed, curves = summed.result(), curves.result()
+    compiled = 1e3 * (time.perf_counter() - t0)
+    chunk = np.asarray(xs[:1], np.float32).repeat(surrogate.CHUNK, 0)
+    out = [
+        ("curves", f"{surrogate.CHUNK} rows (one call of the compiled program)",
+         (compiled, timed(lambda: np.asarray(curves(chunk)))[1])),
+        ("sampling", f"{rows} rows, numpy on the host (default)",
+         timed(lambda: relaxation.sample_host(np.random.default_rng(3), theta, SPACE, rows))),
+        ("sampling", f"{rows} rows, JAX's keyed sampler",
+         timed(lambda: np.asarray(relaxation.sample(jax.random.PRNGKey(3), theta, SPACE, rows)))),
+        ("Proposition 1", f"{mc} samples, summed (default)",
+         (compiled, timed(lambda: search.estimate(theta, xs, fs, SPACE, program=summed))[1])),
+        ("Proposition 1", f"{mc} samples, per-sample Hessians",
+         timed(lambda: search.estimate(theta, xs, fs, SPACE))),
+    ]
+    lines = ["Components, this process (ms; the first call of the default's two programs is the wait for "
+             "their compilation on the worker thread, both together):\n",
+             "| part | form | first call (compiles) | later calls, median |", "|---|---|---|---|"]
+    lines += [f"| {part} | {form} | {first:.1f} | {later:.2f} |" for part, form, (first, later) in out]
+    return lines
 
 
 def real_setup(a):
