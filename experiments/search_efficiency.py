@@ -312,10 +312,11 @@ def overhead(a):
         while s.cost < a.budget:
             t0 = time.perf_counter()
             xs, _ = s.ask()
+            dt = time.perf_counter() - t0
             fs = obj(xs)
             t1 = time.perf_counter()
             s.tell(xs, fs)
-            dt = (t1 - t0) + (time.perf_counter() - t1)
+            dt += time.perf_counter() - t1
             if t_first is None:
                 t_first = dt
             else:
@@ -583,12 +584,13 @@ def real(a):
              "search seeds; last-10: the mean test accuracy of the last 10 epochs). Eq. (1): Co-teaching's "
              "fixed schedule on the same seeds.\n",
              "Searcher time: ask + tell (sampling, estimates, surrogate, and any compilation they wait "
-             "for), summed over the search, and its share of the search's wall time (not given for searches "
+             "for), summed over each search (search seeds in order: the first of the process first), and its "
+             "share of that search's wall time (not given for searches "
              "read back whole from their directories: their trainings were not rerun). Worker "
              "compile: the default newton's programs compiled on its worker thread while the first "
              "trainings are prepared (once per process: the first search seed pays it).\n",
              "| algo | best val acc (mean ± std over search seeds) | retrained test acc | vs eq. (1) | "
-             "retrained last-10 | vs eq. (1) | wall s per search | trainings' s | searcher s (share) | "
+             "retrained last-10 | vs eq. (1) | wall s per search | trainings' s | searcher s (share), per search | "
              "worker compile s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     c, c10 = float(np.mean(cot)), float(np.mean(cot10))
@@ -601,8 +603,8 @@ def real(a):
                      f"{100 * rt.std():.2f} | {100 * (rt.mean() - c):+.2f} | {100 * r10.mean():.2f} ± "
                      f"{100 * r10.std():.2f} | {100 * (r10.mean() - c10):+.2f} | " + (
                          f"{np.mean([r['wall'] for r in run]):.0f} | {np.mean([r['train_s'] for r in run]):.0f} | "
-                         f"{np.mean([r['overhead'] for r in run]):.2f} "
-                         f"({100 * np.mean([r['overhead'] / r['wall'] for r in run]):.2f}%) | "
+                         + ", ".join(f"{r['overhead']:.2f} ({100 * r['overhead'] / r['wall']:.2f}%)" for r in run)
+                         + " | "
                          f"{' / '.join(format(r['worker'], '.2f') for r in run)} |" if run else
                          "read back | – | – | – |"))
     lines.append(f"| eq. (1) fixed | – | {100 * c:.2f} ± {100 * np.std(cot):.2f} | 0 | {100 * c10:.2f} ± "

@@ -507,9 +507,11 @@ class SurrogateNewton(Relaxation):
         self.fit_info: dict = {}
         self._gp = None  # (number of trainings it was fitted to, surrogate.GP)
         self._known_z: dict = {}  # x.tobytes() -> curve features of the points proposed by this process
-        # its two compiled programs (curves, the estimate) start compiling now, on a worker thread
+        # its one-off work starts now, on a worker thread: its two compiled programs (curves, the
+        # estimate) and the BLAS thread control of the GP
         surrogate.curve_program(space, self.epochs, self.n_points)
         _summed_estimate_program(*relaxation.sizes(space), self.mc_samples)
+        surrogate.in_background(surrogate.threadpool_controller)
 
     # -------------------------------------------------------------- surrogate
     def _features(self, xs):

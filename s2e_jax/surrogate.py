@@ -41,14 +41,15 @@ NOISE_GRID = (1e-4, 1e-3, 1e-2, 0.05, 0.2)         # σ² in units of the standa
 def _one_blas_thread():
     """A context with one BLAS thread: the GP's matrices (n ≤ a few hundred) are far slower on a
     threaded OpenBLAS when the cores are busy. threadpoolctl comes with scikit-learn; without it, a no-op."""
-    controller = _threadpool_controller()
+    controller = threadpool_controller()
     return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
 
 
 @functools.lru_cache(maxsize=1)
-def _threadpool_controller():
-    # made once (at the first fit, after numpy's and scipy's BLAS are loaded): finding the loaded
-    # libraries is what costs (docs/search.md, "Searcher overhead")
+def threadpool_controller():
+    """threadpoolctl's controller of the loaded BLAS libraries (None without threadpoolctl), made once:
+    finding the libraries is what costs, so the default search makes it on its worker thread when the
+    searcher is made (docs/search.md, "Search overhead")."""
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover
@@ -60,14 +61,20 @@ def _threadpool_controller():
 _EXECUTOR: list = []  # one worker thread, made at the first request
 
 
-def compile_in_background(fn, *args) -> concurrent.futures.Future:
-    """A future of ``fn.lower(*args).compile()`` (``fn`` jitted, ``args`` shapes or static values),
-    compiled on a worker thread: the default search starts its programs' compilation when it is made,
-    so that it runs while the first trainings are prepared and compiled, not when they are done
-    (XLA compiles outside Python's lock). The worker is joined at exit."""
+def in_background(fn, *args) -> concurrent.futures.Future:
+    """A future of ``fn(*args)`` run on one worker thread (made at the first call, joined at exit): the
+    default search starts its one-off work (compilations, finding the BLAS libraries) when it is made,
+    so that it runs while the first trainings are prepared and compiled, not when they are done (XLA
+    compiles outside Python's lock)."""
     if not _EXECUTOR:
         _EXECUTOR.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="s2e-compile"))
-    return _EXECUTOR[0].submit(lambda: fn.lower(*args).compile())
+    return _EXECUTOR[0].submit(fn, *args)
+
+
+def compile_in_background(fn, *args) -> concurrent.futures.Future:
+    """A future of ``fn.lower(*args).compile()`` (``fn`` jitted, ``args`` shapes or static values),
+    compiled by :func:`in_background`."""
+    return in_background(lambda: fn.lower(*args).compile())
 
 
 def small_program_options():
