@@ -131,8 +131,8 @@ def sample_host(rng: np.random.Generator, theta, space, K: int) -> np.ndarray:
 
     The distribution of :func:`sample`, by the same construction (log-space gammas, softmax for the
     simplex part, sigmoid of a difference for the box part, the same clipping), from numpy's generator
-    ``rng`` instead of JAX's keys: nothing to compile, and ~10× faster on a CPU for thousands of rows
-    (the default search's Monte Carlo samples; docs/search.md, "Searcher overhead"). Equal to
+    ``rng`` instead of JAX's keys: nothing to compile, and faster on a CPU for the thousands of rows of
+    the default search's Monte Carlo samples (docs/search.md, "Search overhead"). Equal to
     :func:`sample` in distribution, not bit for bit (tests/test_relaxation.py).
     """
     S, B = sizes(space)

@@ -16,6 +16,7 @@ the learning-rate schedule and eq. (1)'s t_k are scaled).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import warnings
 from typing import Callable, Optional
@@ -208,7 +209,19 @@ def _time_scaled(base: Space, scale: float, name: str) -> Space:
 
 
 def get_space(name: str, ranges=DEFAULT_RANGES) -> Space:
-    """The search space called ``name`` (``single`` is ``single1``; ``NAME@S``: NAME with time scaled by S)."""
+    """The search space called ``name`` (``single`` is ``single1``; ``NAME@S``: NAME with time scaled by S).
+
+    One object per (name, ranges) in a process, so that what is compiled or cached for a space (the
+    default search's curve program, say) is reused by every search of it."""
+    try:
+        ranges = tuple((float(lo), float(hi)) for lo, hi in ranges)
+    except (TypeError, ValueError):
+        raise ConfigError(f"ranges: expected (low, high) pairs, got {ranges!r}") from None
+    return _get_space(name, ranges)
+
+
+@functools.lru_cache(maxsize=None)
+def _get_space(name, ranges) -> Space:
     if isinstance(name, str) and "@" in name:
         base, _, sc = name.partition("@")
         try:
@@ -217,7 +230,7 @@ def get_space(name: str, ranges=DEFAULT_RANGES) -> Space:
             scale = float("nan")
         if not np.isfinite(scale) or scale <= 0:
             raise ConfigError(f"space: the time scale of {name!r} must be a positive number (e.g. s2e@20)")
-        return _time_scaled(get_space(base, ranges), scale, name)
+        return _time_scaled(_get_space(base, ranges), scale, name)
     if name == "s2e":
         return make_s2e_space(ranges)
     if name == "s2e_paper":

@@ -515,11 +515,14 @@ class SurrogateNewton(Relaxation):
 
     # -------------------------------------------------------------- surrogate
     def _features(self, xs):
+        """Curve features of ``xs``: those of this process's proposals from ``_known_z`` (same values),
+        the others (the first batch's, a restored history's) computed once and kept there."""
         xs = np.asarray(xs, np.float64)
-        known = [self._known_z.get(x.tobytes()) for x in xs]
-        if len(xs) and all(z is not None for z in known):  # (same values: the proposals' own features)
-            return np.stack(known)
-        return surrogate.curve_features(self.space, xs, self.epochs, self.n_points)
+        missing = [x for x in xs if x.tobytes() not in self._known_z]
+        if missing:
+            z = surrogate.curve_features(self.space, np.stack(missing), self.epochs, self.n_points)
+            self._known_z.update((x.tobytes(), zi) for x, zi in zip(missing, z))
+        return np.stack([self._known_z[x.tobytes()] for x in xs]) if len(xs) else np.zeros((0, self.n_points))
 
     def _fit(self, xs, fs):
         gp = surrogate.fit(self._features(xs), surrogate.transform(fs))
@@ -546,17 +549,17 @@ class SurrogateNewton(Relaxation):
 
     def _propose(self, n):
         n_lcb = int(math.floor(self.explore * n)) if len(self.history) >= self.MIN_FIT else 0
-        requests = ([((self.iteration,), n - n_lcb)] if n > n_lcb else []) + (
-            [((self.iteration, 1_000_001), max(self.candidates, n_lcb))] if n_lcb else [])
-        drawn = self._sample(*requests)  # plain samples and candidates in the same chunks
-        xs, zs = drawn[0] if n > n_lcb else (np.zeros((0, self.dim)), None)
-        if n_lcb:
-            gp = self._surrogate()
-            cands, zc = drawn[-1]
-            mean, sd = surrogate.predict(gp, zc)
-            pick = np.argsort(mean - sd, kind="stable")[:n_lcb]          # lowest confidence bounds
-            xs = np.concatenate([xs, cands[pick]])
-            zs = zc[pick] if zs is None else np.concatenate([zs, zc[pick]])
+        if not n_lcb:  # plain samples only (the first batch): no curves needed now, the fit makes them
+            return relaxation.sample_host(np.random.default_rng([self.seed, self.iteration]), self.theta,
+                                          self.space, n), None
+        requests = ([((self.iteration,), n - n_lcb)] if n > n_lcb else []) + [
+            ((self.iteration, 1_000_001), max(self.candidates, n_lcb))]
+        drawn = self._sample(*requests)  # plain samples and candidates curved together
+        xs, zs = drawn[0] if n > n_lcb else (np.zeros((0, self.dim)), np.zeros((0, self.n_points)))
+        cands, zc = drawn[-1]
+        mean, sd = surrogate.predict(self._surrogate(), zc)
+        pick = np.argsort(mean - sd, kind="stable")[:n_lcb]              # lowest confidence bounds
+        xs, zs = np.concatenate([xs, cands[pick]]), np.concatenate([zs, zc[pick]])
         self._known_z.update((x.tobytes(), z) for x, z in zip(xs, zs))  # for the fits (no curve program)
         return xs, None
 

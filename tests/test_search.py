@@ -518,37 +518,34 @@ def test_default_newton_sample_features_are_the_streams_samples_and_their_curves
 
 def test_default_newton_compiles_on_its_worker_thread_and_nothing_after_its_first_iteration():
     # the default newton's two programs are compiled on the worker thread that its construction starts
-    # (none on the caller's thread), and after the first ask/tell nothing is traced or compiled (fixed
-    # shapes: one curve program for every n, one estimate of mc_samples rows); unusual mc_samples /
-    # candidates / n_points so that no other test has compiled these shapes before
+    # (none on the caller's thread in ask/tell), all before its first tell returns, and after that
+    # nothing is traced or compiled (fixed shapes: one curve program for every n, one estimate of
+    # mc_samples rows); unusual mc_samples / n_points so that no other test has compiled these shapes
     import threading
 
     from jax._src import dispatch
 
-    events, active = [], [True]
+    events, where = [], {"phase": "searcher", "iteration": 0}
 
     def listener(event, duration, **kw):
-        if active[0] and event in (dispatch.JAXPR_TRACE_EVENT, dispatch.BACKEND_COMPILE_EVENT):
-            events.append((event, threading.current_thread().name))
+        if event in (dispatch.JAXPR_TRACE_EVENT, dispatch.BACKEND_COMPILE_EVENT):
+            events.append((event, threading.current_thread().name, where["phase"], where["iteration"]))
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         s = search.make_searcher("newton", S2E, samples=4, seed=3, epochs=T, mc_samples=1500, candidates=700,
                                  n_points=17)
         for it in range(4):
-            active[0] = True
+            where.update(phase="searcher", iteration=it)
             xs, _ = s.ask()
-            active[0] = False
+            where["phase"] = "objective"   # (the synthetic objective compiles its own program)
             fs = synthetic(xs)
-            active[0] = True
+            where["phase"] = "searcher"
             s.tell(xs, fs)
-            active[0] = False
-            if it == 0:
-                first = list(events)
-                events.clear()
-        compiled = [name for event, name in first if event == dispatch.BACKEND_COMPILE_EVENT]
-        assert len(compiled) == 2, first   # the listener works: the curves and the estimate
-        assert all(name.startswith("s2e-compile") for _, name in first), first
-        assert events == [], f"{len(events)} traces/compilations after the first iteration"
+        worker = [e for e in events if e[1].startswith("s2e-compile")]
+        compiled = [e for e in worker if e[0] == dispatch.BACKEND_COMPILE_EVENT]
+        assert len(compiled) == 2 and all(e[3] == 0 for e in worker), worker   # curves and the estimate
+        caller = [e for e in events if not e[1].startswith("s2e-compile") and e[2] == "searcher"]
+        assert caller == [], f"traces/compilations in ask/tell on the caller's thread: {caller}"
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
