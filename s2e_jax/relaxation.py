@@ -127,7 +127,8 @@ def sample(key, theta, space, K: int) -> jnp.ndarray:
 
 
 def sample_host(rng: np.random.Generator, theta, space, K: int) -> np.ndarray:
-    """K samples ``[K, S + B]`` from p_θ drawn by numpy on the host (float64 holding float32 values).
+    """K samples ``[K, S + B]`` from p_θ (eq. 6; Algorithm 2, line 4) drawn by numpy on the host
+    (float64 holding float32 values).
 
     The distribution of :func:`sample`, by the same construction (log-space gammas, softmax for the
     simplex part, sigmoid of a difference for the box part, the same clipping), from numpy's generator
