@@ -153,13 +153,20 @@ def _metric_rows(out):
     return max(0, len(open(p).read().splitlines()) - 1) if os.path.exists(p) else 0
 
 
-def _kill_after(cmd, out, checkpoints, env):
-    """Start ``cmd``, kill -9 it once ``checkpoints`` checkpoints exist, and check it had not finished."""
+def _newest_checkpoint(out):
+    ck = os.path.join(out, "checkpoints")
+    steps = [int(d) for d in os.listdir(ck) if d.isdigit()] if os.path.isdir(ck) else []
+    return max(steps, default=0)
+
+
+def _kill_after(cmd, out, epoch, env):
+    """Start ``cmd``, kill -9 it once the checkpoint after ``epoch`` epochs (or a later one) exists, and
+    check it had not finished. (The number of checkpoint folders is no clock: only the newest
+    ``checkpoint.KEEP`` are kept.)"""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    ck = os.path.join(out, "checkpoints")
     while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(ck) and len([d for d in os.listdir(ck) if d.isdigit()]) >= checkpoints:
+        if _newest_checkpoint(out) >= epoch:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the training ended before it could be killed"
@@ -176,8 +183,8 @@ def test_kill_9_twice_then_resume_gives_the_same_files_bit_for_bit(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     ref, out = str(tmp_path / "ref"), str(tmp_path / "killed")
     subprocess.run(_train_cmd(ref), env=env, check=True, capture_output=True, timeout=600)
-    first = _kill_after(_train_cmd(out), out, 1, env)
-    second = _kill_after(_train_cmd(out), out, 4, env)  # resumed, then killed again later on
+    first = _kill_after(_train_cmd(out), out, 5, env)
+    second = _kill_after(_train_cmd(out), out, 20, env)  # resumed, then killed again later on
     assert second > first
     r = subprocess.run(_train_cmd(out), env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
