@@ -77,15 +77,7 @@ def targets() -> dict:
     }
 
 
-@jax.jit
-def _curves(xs):
-    ts = jnp.arange(T, dtype=jnp.float32)
-
-    def one(x):
-        params = SPACE.decode(x, T)
-        return jax.vmap(lambda t: SPACE.rate(t, params, T))(ts)
-
-    return jax.vmap(one)(xs)
+_curves = jax.jit(lambda xs: SPACE.curves(xs, T))  # R_x(t), t = 0..T-1
 
 
 class Objective:
@@ -114,7 +106,7 @@ def run_one(algo, target, budget, seed, noise_sd):
     s = search.make_searcher(algo, SPACE, samples=K, seed=seed, **opts)
     obj = Objective(target, noise_sd, seed=10_000 + seed)
     t_search = 0.0
-    best_x, grid_best = None, []
+    grid_best = []
     cost = 0.0
     n_iter = 0
     t_first = None

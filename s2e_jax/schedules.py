@@ -136,11 +136,20 @@ class Space:
     def dim(self) -> int:
         return self.n_simplex + self.n_box
 
+    def curves(self, xs, T, ts=None):
+        """``[n, len(ts)]``: R(t) of each row of ``xs [n, dim]`` at the epochs ``ts`` (default 0..T-1);
+        pure jnp, to use under ``jit`` and ``vmap``."""
+        ts = jnp.arange(T, dtype=jnp.float32) if ts is None else ts
+
+        def one(x):
+            params = self.decode(x, T)
+            return jax.vmap(lambda t: self.rate(t, params, T))(ts)
+
+        return jax.vmap(one)(xs)
+
     def curve(self, x, T):
         """R(t) for t = 0..T-1 of the point ``x`` (numpy, host)."""
-        params = self.decode(jnp.asarray(x, jnp.float32), T)
-        ts = jnp.arange(T, dtype=jnp.float32)
-        return np.asarray(jax.vmap(lambda t: self.rate(t, params, T))(ts))
+        return np.asarray(self.curves(jnp.asarray(x, jnp.float32)[None], T)[0])
 
 
 def make_s2e_space(ranges=DEFAULT_RANGES, name: str = "s2e") -> Space:

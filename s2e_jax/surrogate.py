@@ -93,12 +93,7 @@ def curve_program(space, T: int, n_points: int) -> concurrent.futures.Future:
     """Future of the compiled program ``xs [CHUNK, dim] float32 -> R_x(t) [CHUNK, n_points]`` at
     ``n_points`` epochs evenly spread over 0..T−1; its compilation starts at the first call."""
     ts = np.linspace(0.0, T - 1.0, n_points).astype(np.float32)  # (numpy: no eager program)
-
-    def one(x):
-        params = space.decode(x, T)
-        return jax.vmap(lambda t: space.rate(t, params, T))(ts)
-
-    fn = jax.jit(jax.vmap(one), compiler_options=small_program_options())
+    fn = jax.jit(lambda xs: space.curves(xs, T, ts), compiler_options=small_program_options())
     return compile_in_background(fn, jax.ShapeDtypeStruct((CHUNK, space.dim), jnp.float32))
 
 

@@ -25,6 +25,21 @@ def test_every_space_stays_in_range_with_R0_equal_1(name):
         assert curve[0] == pytest.approx(1.0)
 
 
+
+@pytest.mark.parametrize("name", ["s2e", "coteaching", "rbf"])
+def test_curves_of_a_batch_are_each_points_curve_at_the_given_epochs(name):
+    space = schedules.get_space(name)
+    rng = np.random.default_rng(1)
+    xs = rng.uniform(size=(5, space.dim)).astype(np.float32)
+    if space.n_simplex:
+        xs[:, :space.n_simplex] = rng.dirichlet(np.ones(space.n_simplex), 5)
+    T = 40
+    whole = np.asarray(jax.jit(lambda v: space.curves(v, T))(jnp.asarray(xs)))
+    assert whole.shape == (5, T)
+    np.testing.assert_allclose(whole, np.stack([space.curve(x, T) for x in xs]), rtol=1e-6, atol=1e-7)
+    ts = jnp.array([0.0, 3.0, 39.0])
+    np.testing.assert_allclose(space.curves(jnp.asarray(xs), T, ts), whole[:, [0, 3, 39]], rtol=1e-6, atol=1e-7)
+
 def test_eq1_coteaching():
     t = jnp.arange(20.0)
     r = jax.vmap(lambda s: schedules.coteaching_rate(s, jnp.array([0.5, 10.0, 1.0])))(t)

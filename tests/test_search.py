@@ -17,17 +17,7 @@ T = 50
 X_STAR = np.concatenate([[0.1, 0.6, 0.2, 0.1], np.random.default_rng(7).uniform(0.2, 0.8, 16)])
 
 
-@jax.jit
-def _curves(xs):
-    ts = jnp.arange(T, dtype=jnp.float32)
-
-    def one(x):
-        params = S2E.decode(x, T)
-        return jax.vmap(lambda t: S2E.rate(t, params, T))(ts)
-
-    return jax.vmap(one)(xs)
-
-
+_curves = jax.jit(lambda xs: S2E.curves(xs, T))
 TARGET = np.asarray(S2E.curve(X_STAR, T))
 
 
